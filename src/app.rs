@@ -1,0 +1,150 @@
+//! Building and running the service: connect, migrate, check the environment, bind, then serve
+//! HTTP and run one writer per outbox shard until shutdown, draining both in order.
+
+use std::{future::Future, net::SocketAddr, sync::Arc};
+
+use anyhow::{Context, bail};
+use tokio::net::TcpListener;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{
+    config::{DatabaseConfig, ServeConfig, redacted},
+    gateway::Gateway,
+    http,
+    redis::{self as vg_redis, keys::Shards},
+    store,
+    writer::Writer,
+};
+
+pub struct App {
+    listener: TcpListener,
+    gateway: Arc<Gateway>,
+    writer: Option<Arc<Writer>>,
+    config: ServeConfig,
+}
+
+/// Connects to PostgreSQL, creating the database if needed, and migrates it (unless told not
+/// to); returns the pool and the shard count recorded in the database.
+pub async fn prepare_database(
+    config: &DatabaseConfig,
+    migrate: bool,
+) -> anyhow::Result<(sqlx::PgPool, Shards)> {
+    let url = &config.database_url;
+    if migrate {
+        store::create_database_if_missing(url)
+            .await
+            .with_context(|| format!("cannot create the database at {}", redacted(url)))?;
+    }
+    let db = store::connect(url, config.db_pool_size, config.db_timeout)
+        .await
+        .with_context(|| format!("cannot connect to PostgreSQL at {}", redacted(url)))?;
+    if migrate {
+        store::migrate(&db).await.context("migrations failed")?;
+    }
+    let recorded = store::recorded_shards(&db, config.shards)
+        .await
+        .context("cannot read the recorded shard count; run `voucher-gateway migrate`")?;
+    if recorded != config.shards {
+        bail!(
+            "this database was set up with {recorded} shards but VG_SHARDS is {}; \
+             the shard count cannot change",
+            config.shards
+        );
+    }
+    Ok((db, Shards::new(recorded)))
+}
+
+impl App {
+    /// Connects everything and binds the listener; nothing is served until `run`.
+    pub async fn build(config: ServeConfig) -> anyhow::Result<Self> {
+        let (db, shards) = prepare_database(&config.database, !config.no_migrate).await?;
+        let redis_config = &config.redis;
+        let mut manager =
+            vg_redis::connect_manager(&redis_config.redis_url, redis_config.redis_timeout).await?;
+        vg_redis::check_no_eviction(&mut manager).await?;
+        let pool = vg_redis::connect_pool(
+            &redis_config.redis_url,
+            redis_config.redis_pool_size,
+            redis_config.redis_timeout,
+        )?;
+        if !config.writer.no_writer && redis_config.redis_pool_size <= usize::from(shards.count()) {
+            bail!(
+                "VG_REDIS_POOL_SIZE ({}) must exceed the shard count ({}): each shard's writer holds a connection",
+                redis_config.redis_pool_size,
+                shards.count()
+            );
+        }
+        let writer = (!config.writer.no_writer).then(|| {
+            Arc::new(Writer::new(
+                pool.clone(),
+                db.clone(),
+                config.writer_settings(),
+            ))
+        });
+        let gateway = Arc::new(Gateway::new(manager, pool, db, shards, config.absent_ttl));
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        Ok(Self {
+            listener,
+            gateway,
+            writer,
+            config,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    pub fn gateway(&self) -> Arc<Gateway> {
+        self.gateway.clone()
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting, finishes requests in flight, and
+    /// lets each writer commit the batch it holds, all within the shutdown timeout.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let cancel = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        if let Some(writer) = &self.writer {
+            for outbox in self.gateway.shards().outboxes() {
+                let (writer, cancel) = (writer.clone(), cancel.clone());
+                tasks.spawn(async move { writer.run(outbox, cancel).await });
+            }
+        }
+        tasks.close();
+        tracing::info!(address = %self.local_addr(), shards = self.gateway.shards().count(), "serving");
+
+        let router = http::router(self.gateway.clone());
+        let stopping = CancellationToken::new();
+        let stop_signal = stopping.clone();
+        let server = axum::serve(self.listener, router)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                stop_signal.cancel();
+            })
+            .into_future();
+        let deadline = self.config.shutdown_timeout;
+        let served = tokio::select! {
+            served = server => served.context("HTTP server failed"),
+            // Past the deadline after the signal, in-flight requests are abandoned.
+            () = async { stopping.cancelled().await; tokio::time::sleep(deadline).await } => {
+                tracing::warn!("requests still in flight at the shutdown deadline");
+                Ok(())
+            }
+        };
+        cancel.cancel();
+        if tokio::time::timeout(deadline, tasks.wait()).await.is_err() {
+            tracing::warn!(
+                "writers did not finish within the shutdown timeout; their entries stay pending"
+            );
+        }
+        tracing::info!("stopped");
+        served
+    }
+}

@@ -1,0 +1,155 @@
+//! Every setting, each a command-line flag with a matching environment variable.
+
+use std::{net::SocketAddr, time::Duration};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::writer::WriterSettings;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "voucher-gateway",
+    version,
+    about = "Flash-sale voucher redemption gateway"
+)]
+pub struct Cli {
+    /// Log line format.
+    #[arg(long, env = "VG_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human, global = true)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the HTTP API and run the outbox writers.
+    Serve(ServeConfig),
+    /// Create the database if missing and apply pending migrations, then exit.
+    Migrate(DatabaseConfig),
+}
+
+#[derive(Debug, Clone, Parser)]
+pub struct ServeConfig {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, env = "VG_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Do not apply pending migrations at start.
+    #[arg(long, env = "VG_NO_MIGRATE")]
+    pub no_migrate: bool,
+    /// How long an unknown campaign id is remembered as absent.
+    #[arg(long, env = "VG_ABSENT_TTL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub absent_ttl: Duration,
+    /// Longest wait at shutdown for requests in flight and the writers' last batches.
+    #[arg(long, env = "VG_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub shutdown_timeout: Duration,
+    #[command(flatten)]
+    pub database: DatabaseConfig,
+    #[command(flatten)]
+    pub redis: RedisConfig,
+    #[command(flatten)]
+    pub writer: WriterConfig,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseConfig {
+    /// PostgreSQL URL; the database is created if it does not exist.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/voucher_gateway"
+    )]
+    pub database_url: String,
+    /// Most PostgreSQL connections per process.
+    #[arg(long, env = "VG_DB_POOL_SIZE", default_value_t = 16)]
+    pub db_pool_size: u32,
+    /// Longest wait for a PostgreSQL connection, and the server-side statement timeout.
+    #[arg(long, env = "VG_DB_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub db_timeout: Duration,
+    /// Outbox shards. Recorded in the database on first use; a gateway configured otherwise
+    /// refuses to start.
+    #[arg(long, env = "VG_SHARDS", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub shards: u16,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RedisConfig {
+    /// Redis URL (redis:// or rediss://).
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+    /// Connections in the pool for the writers and hydration (the redeem path shares one
+    /// multiplexed connection). Needs at least one per shard plus headroom.
+    #[arg(long, env = "VG_REDIS_POOL_SIZE", default_value_t = 32)]
+    pub redis_pool_size: usize,
+    /// Longest wait for a Redis connection or reply; past it a redeem answers 503.
+    #[arg(long, env = "VG_REDIS_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub redis_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct WriterConfig {
+    /// Most outbox entries per PostgreSQL transaction.
+    #[arg(long, env = "VG_WRITER_BATCH_SIZE", default_value_t = 1000, value_parser = clap::value_parser!(u16).range(1..=5000))]
+    pub writer_batch_size: u16,
+    /// How long a partial batch waits for more entries before it is written.
+    #[arg(long, env = "VG_WRITER_FLUSH_INTERVAL", default_value = "10ms", value_parser = humantime::parse_duration)]
+    pub writer_flush_interval: Duration,
+    /// How long an outbox entry may stay pending with one writer before another claims it.
+    #[arg(long, env = "VG_CLAIM_IDLE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub claim_idle_timeout: Duration,
+    /// Do not run outbox writers in this process (another process writes).
+    #[arg(long, env = "VG_NO_WRITER")]
+    pub no_writer: bool,
+}
+
+impl ServeConfig {
+    pub fn writer_settings(&self) -> WriterSettings {
+        WriterSettings {
+            batch_size: self.writer.writer_batch_size.into(),
+            flush_interval: self.writer.writer_flush_interval,
+            claim_idle: self.writer.claim_idle_timeout,
+            // A blocked read must end well within the connection's reply timeout.
+            block: (self.redis.redis_timeout / 2).min(Duration::from_millis(500)),
+        }
+    }
+}
+
+/// The URL without its password, for log lines and error messages.
+pub fn redacted(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redacted("redis://:secret@host:6379"),
+            "redis://:***@host:6379"
+        );
+        assert_eq!(redacted("postgres://u@h/db"), "postgres://u@h/db");
+    }
+
+    #[test]
+    fn defaults_parse() {
+        let config = ServeConfig::try_parse_from(["serve"]).unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(
+            config.writer_settings().flush_interval,
+            Duration::from_millis(10)
+        );
+    }
+}

@@ -1,0 +1,163 @@
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::{DomainError, text};
+
+/// A campaign's id: a UUID, always printed in its canonical lowercase hyphenated form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct CampaignId(Uuid);
+
+impl CampaignId {
+    pub fn new_random() -> Self {
+        Self(Uuid::new_v4())
+    }
+
+    pub fn parse(value: &str) -> Result<Self, DomainError> {
+        Uuid::try_parse(value)
+            .map(Self)
+            .map_err(|_| DomainError::NotUuid)
+    }
+
+    pub fn as_uuid(&self) -> Uuid {
+        self.0
+    }
+}
+
+impl From<Uuid> for CampaignId {
+    fn from(id: Uuid) -> Self {
+        Self(id)
+    }
+}
+
+impl fmt::Display for CampaignId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.hyphenated().fmt(f)
+    }
+}
+
+/// A campaign's display name: trimmed, 1 to 200 characters, no control characters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct CampaignName(String);
+
+impl CampaignName {
+    pub const MAX_CHARS: usize = 200;
+
+    pub fn parse(value: &str) -> Result<Self, DomainError> {
+        text::checked(value.trim().to_owned(), Self::MAX_CHARS).map(Self)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for CampaignName {
+    type Error = DomainError;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::parse(&value)
+    }
+}
+
+impl From<CampaignName> for String {
+    fn from(name: CampaignName) -> Self {
+        name.0
+    }
+}
+
+/// How many vouchers a campaign holds: 1 to 1,000,000,000 (fits PostgreSQL's `integer`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "i64", into = "i64")]
+pub struct Total(i32);
+
+impl Total {
+    pub const MIN: i64 = 1;
+    pub const MAX: i64 = 1_000_000_000;
+
+    pub fn parse(value: i64) -> Result<Self, DomainError> {
+        if (Self::MIN..=Self::MAX).contains(&value) {
+            Ok(Self(value as i32))
+        } else {
+            Err(DomainError::OutOfRange {
+                min: Self::MIN,
+                max: Self::MAX,
+            })
+        }
+    }
+
+    pub fn get(&self) -> i32 {
+        self.0
+    }
+}
+
+impl TryFrom<i64> for Total {
+    type Error = DomainError;
+    fn try_from(value: i64) -> Result<Self, Self::Error> {
+        Self::parse(value)
+    }
+}
+
+impl From<Total> for i64 {
+    fn from(total: Total) -> Self {
+        total.0.into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_name_is_trimmed() {
+        assert_eq!(
+            CampaignName::parse("  Spring sale ").unwrap().as_str(),
+            "Spring sale"
+        );
+    }
+
+    #[test]
+    fn a_name_of_only_spaces_is_rejected() {
+        assert_eq!(CampaignName::parse("   "), Err(DomainError::Empty));
+    }
+
+    #[test]
+    fn a_name_of_200_characters_is_accepted_and_201_is_not() {
+        assert!(CampaignName::parse(&"é".repeat(200)).is_ok());
+        assert_eq!(
+            CampaignName::parse(&"é".repeat(201)),
+            Err(DomainError::TooLong { max: 200 })
+        );
+    }
+
+    #[test]
+    fn a_name_with_a_control_character_is_rejected() {
+        assert_eq!(
+            CampaignName::parse("a\u{7}b"),
+            Err(DomainError::ControlCharacter)
+        );
+    }
+
+    #[test]
+    fn unicode_names_are_accepted() {
+        assert_eq!(CampaignName::parse("Café 🎫").unwrap().as_str(), "Café 🎫");
+    }
+
+    #[test]
+    fn totals_outside_one_to_a_billion_are_rejected() {
+        for bad in [0, -1, 1_000_000_001, i64::MAX] {
+            assert!(Total::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(Total::parse(1).unwrap().get(), 1);
+        assert_eq!(Total::parse(1_000_000_000).unwrap().get(), 1_000_000_000);
+    }
+
+    #[test]
+    fn campaign_ids_print_canonically() {
+        let id = CampaignId::parse("6F9619FF-8B86-D011-B42D-00C04FC964FF").unwrap();
+        assert_eq!(id.to_string(), "6f9619ff-8b86-d011-b42d-00c04fc964ff");
+        assert_eq!(CampaignId::parse("42"), Err(DomainError::NotUuid));
+    }
+}

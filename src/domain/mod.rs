@@ -1,0 +1,24 @@
+//! Domain types that parse once at the edge: a value of one of these types is valid by
+//! construction, so nothing behind the HTTP layer validates again.
+
+mod campaign;
+mod redemption;
+mod text;
+
+pub use campaign::{CampaignId, CampaignName, Total};
+pub use redemption::{IdempotencyKey, Outcome, UserId};
+
+/// Why a value was refused at the edge; the HTTP layer adds the field name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DomainError {
+    #[error("must not be empty")]
+    Empty,
+    #[error("must be at most {max} characters")]
+    TooLong { max: usize },
+    #[error("must not contain control characters")]
+    ControlCharacter,
+    #[error("must be an integer between {min} and {max}")]
+    OutOfRange { min: i64, max: i64 },
+    #[error("must be a UUID")]
+    NotUuid,
+}

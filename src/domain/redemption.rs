@@ -1,0 +1,124 @@
+use serde::{Deserialize, Serialize};
+
+use super::{DomainError, text};
+
+/// The client's id of the person redeeming: 1 to 128 characters, kept exactly as sent.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
+#[serde(try_from = "String")]
+pub struct UserId(String);
+
+impl UserId {
+    pub const MAX_CHARS: usize = 128;
+
+    pub fn parse(value: &str) -> Result<Self, DomainError> {
+        text::checked(value.to_owned(), Self::MAX_CHARS).map(Self)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for UserId {
+    type Error = DomainError;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        text::checked(value, Self::MAX_CHARS).map(Self)
+    }
+}
+
+/// The client's key for one redeem attempt and its retries: 1 to 255 characters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
+#[serde(try_from = "String")]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    pub const MAX_CHARS: usize = 255;
+
+    pub fn parse(value: &str) -> Result<Self, DomainError> {
+        text::checked(value.to_owned(), Self::MAX_CHARS).map(Self)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for IdempotencyKey {
+    type Error = DomainError;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        text::checked(value, Self::MAX_CHARS).map(Self)
+    }
+}
+
+/// What a redeem decided. `Redeemed { replayed: true }` answers a retry of the request that took
+/// the voucher; the client sees the same status either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Redeemed { replayed: bool },
+    AlreadyRedeemed,
+    SoldOut,
+}
+
+impl Outcome {
+    /// The wire name of the outcome, as the API contract spells it.
+    pub fn status(&self) -> &'static str {
+        match self {
+            Outcome::Redeemed { .. } => "REDEEMED",
+            Outcome::AlreadyRedeemed => "ALREADY_REDEEMED",
+            Outcome::SoldOut => "SOLD_OUT",
+        }
+    }
+}
+
+impl Serialize for Outcome {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.status())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_user_id_is_kept_exactly_as_sent() {
+        assert_eq!(UserId::parse(" alice ").unwrap().as_str(), " alice ");
+    }
+
+    #[test]
+    fn an_empty_user_id_is_rejected() {
+        assert_eq!(UserId::parse(""), Err(DomainError::Empty));
+    }
+
+    #[test]
+    fn a_user_id_over_128_characters_is_rejected() {
+        assert!(UserId::parse(&"u".repeat(128)).is_ok());
+        assert_eq!(
+            UserId::parse(&"u".repeat(129)),
+            Err(DomainError::TooLong { max: 128 })
+        );
+    }
+
+    #[test]
+    fn an_idempotency_key_over_255_characters_is_rejected() {
+        assert!(IdempotencyKey::parse(&"k".repeat(255)).is_ok());
+        assert_eq!(
+            IdempotencyKey::parse(&"k".repeat(256)),
+            Err(DomainError::TooLong { max: 255 })
+        );
+    }
+
+    #[test]
+    fn an_idempotency_key_with_a_newline_is_rejected() {
+        assert_eq!(
+            IdempotencyKey::parse("a\nb"),
+            Err(DomainError::ControlCharacter)
+        );
+    }
+
+    #[test]
+    fn outcomes_serialize_to_their_contract_names() {
+        let json = serde_json::to_string(&Outcome::Redeemed { replayed: true }).unwrap();
+        assert_eq!(json, r#""REDEEMED""#);
+    }
+}

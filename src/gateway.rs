@@ -1,0 +1,265 @@
+//! The gateway's operations, independent of HTTP: create a campaign, redeem, read a summary, and
+//! hydrate a campaign's Redis state from PostgreSQL when Redis does not hold it.
+
+use std::{collections::HashSet, sync::Arc, time::Duration};
+
+use redis::{AsyncCommands, aio::ConnectionManager, streams::StreamRangeReply};
+use serde::Serialize;
+use sqlx::PgPool;
+
+use crate::{
+    domain::{CampaignId, CampaignName, IdempotencyKey, Outcome, Total, UserId},
+    redis::{
+        keys::{CampaignKeys, Shards},
+        scripts::{self, Decision, Hydration},
+    },
+    store,
+};
+
+/// How often an operation hydrates and retries before giving up on a campaign that keeps
+/// vanishing from Redis (a Redis being flushed over and over).
+const LOAD_ATTEMPTS: usize = 3;
+
+/// A campaign's counters, as the API returns them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Summary {
+    pub id: CampaignId,
+    pub name: String,
+    pub total: i64,
+    pub redeemed: i64,
+    pub remaining: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("campaign not found")]
+    NotFound,
+    #[error("Redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("Redis pool: {0}")]
+    RedisPool(#[from] deadpool_redis::PoolError),
+    #[error("PostgreSQL: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("campaign {0} did not stay loaded in Redis")]
+    Unstable(CampaignId),
+    /// The error of a hydration that other requests waited on too.
+    #[error(transparent)]
+    Shared(Arc<GatewayError>),
+}
+
+impl GatewayError {
+    /// The error itself, seen through any sharing.
+    pub fn root(&self) -> &GatewayError {
+        match self {
+            GatewayError::Shared(shared) => shared.root(),
+            other => other,
+        }
+    }
+}
+
+/// Whether PostgreSQL knows a campaign, as the last lookup found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Presence {
+    Loaded,
+    Absent,
+}
+
+pub struct Gateway {
+    /// The hot path: one multiplexed connection for every request.
+    redis: ConnectionManager,
+    /// For hydration, which reads the outbox page by page.
+    pool: deadpool_redis::Pool,
+    db: PgPool,
+    shards: Shards,
+    /// Single-flight hydration per campaign, and unknown ids remembered as absent for a while,
+    /// so neither a crowd on one cold campaign nor a flood of random ids hammers PostgreSQL.
+    lookups: moka::future::Cache<CampaignId, Presence>,
+}
+
+impl Gateway {
+    pub fn new(
+        redis: ConnectionManager,
+        pool: deadpool_redis::Pool,
+        db: PgPool,
+        shards: Shards,
+        absent_ttl: Duration,
+    ) -> Self {
+        let lookups = moka::future::Cache::builder()
+            .max_capacity(100_000)
+            .time_to_live(absent_ttl)
+            .build();
+        Self {
+            redis,
+            pool,
+            db,
+            shards,
+            lookups,
+        }
+    }
+
+    pub fn shards(&self) -> Shards {
+        self.shards
+    }
+
+    /// Creates a campaign: PostgreSQL first (the record), then its Redis state. If Redis fails
+    /// after the commit, the campaign still exists and hydrates on first touch.
+    pub async fn create_campaign(
+        &self,
+        name: CampaignName,
+        total: Total,
+    ) -> Result<Summary, GatewayError> {
+        let id = CampaignId::new_random();
+        let row = store::insert_campaign(&self.db, id, &name, total).await?;
+        let keys = self.shards.campaign(id);
+        let mut con = self.redis.clone();
+        if let Err(error) = scripts::hydrate_commit(&mut con, &keys, row.total, &row.name, 0).await
+        {
+            tracing::warn!(%id, %error, "campaign stored but not loaded into Redis; it loads on first use");
+        }
+        Ok(Summary {
+            id,
+            name: row.name,
+            total: row.total.into(),
+            redeemed: 0,
+            remaining: row.total.into(),
+        })
+    }
+
+    /// Decides one redeem in Redis, hydrating the campaign first if Redis does not hold it.
+    pub async fn redeem(
+        &self,
+        id: CampaignId,
+        user: &UserId,
+        key: &IdempotencyKey,
+    ) -> Result<Outcome, GatewayError> {
+        let keys = self.shards.campaign(id);
+        let mut con = self.redis.clone();
+        for _ in 0..LOAD_ATTEMPTS {
+            match scripts::redeem(&mut con, &keys, id, user, key).await? {
+                Decision::NotLoaded => self.ensure_loaded(id).await?,
+                Decision::Redeemed => return Ok(Outcome::Redeemed { replayed: false }),
+                Decision::Replayed => return Ok(Outcome::Redeemed { replayed: true }),
+                Decision::AlreadyRedeemed => return Ok(Outcome::AlreadyRedeemed),
+                Decision::SoldOut => return Ok(Outcome::SoldOut),
+            }
+        }
+        Err(GatewayError::Unstable(id))
+    }
+
+    /// Reads a campaign's counters from Redis, hydrating it first if needed.
+    pub async fn summary(&self, id: CampaignId) -> Result<Summary, GatewayError> {
+        let keys = self.shards.campaign(id);
+        let mut con = self.redis.clone();
+        for _ in 0..LOAD_ATTEMPTS {
+            let (total, remaining, name): (Option<i64>, Option<i64>, Option<String>) =
+                redis::cmd("HMGET")
+                    .arg(&keys.campaign)
+                    .arg(&["total", "remaining", "name"])
+                    .query_async(&mut con)
+                    .await?;
+            match (total, remaining, name) {
+                (Some(total), Some(remaining), Some(name)) => {
+                    return Ok(Summary {
+                        id,
+                        name,
+                        total,
+                        redeemed: total - remaining,
+                        remaining,
+                    });
+                }
+                _ => self.ensure_loaded(id).await?,
+            }
+        }
+        Err(GatewayError::Unstable(id))
+    }
+
+    /// Hydrates a campaign once per process at a time; `NotFound` if PostgreSQL does not know it.
+    async fn ensure_loaded(&self, id: CampaignId) -> Result<(), GatewayError> {
+        let presence = self
+            .lookups
+            .try_get_with(id, self.hydrate(id))
+            .await
+            .map_err(|error| Arc::try_unwrap(error).unwrap_or_else(GatewayError::Shared))?;
+        match presence {
+            Presence::Loaded => {
+                // Only absence is remembered: a campaign that vanishes again must hydrate again.
+                self.lookups.invalidate(&id).await;
+                Ok(())
+            }
+            Presence::Absent => Err(GatewayError::NotFound),
+        }
+    }
+
+    /// Loads a campaign into Redis from its outbox entries and PostgreSQL. Safe to run in many
+    /// gateways at once: `hydrate.lua` lets the first commit win and the rest write nothing after.
+    async fn hydrate(&self, id: CampaignId) -> Result<Presence, GatewayError> {
+        let keys = self.shards.campaign(id);
+        let mut con = self.pool.get().await?;
+        for _ in 0..LOAD_ATTEMPTS {
+            // The outbox must be read before PostgreSQL: an entry the writer deletes meanwhile
+            // was committed before it was deleted, so the PostgreSQL read that follows sees it.
+            let queued = queued_holders(&mut con, &keys, id).await?;
+            let Some(campaign) = store::select_campaign(&self.db, id).await? else {
+                return Ok(Presence::Absent);
+            };
+            let queued_users: HashSet<&str> =
+                queued.iter().map(|(user, _)| user.as_str()).collect();
+            let mut distinct = queued_users.len();
+            for chunk in queued.chunks(store::HOLDERS_CHUNK as usize) {
+                if scripts::hydrate_users(&mut con, &keys, chunk).await? == Hydration::AlreadyLoaded
+                {
+                    return Ok(Presence::Loaded);
+                }
+            }
+            // PostgreSQL's holders load last, so where they disagree with the outbox they win.
+            let mut after: Option<String> = None;
+            loop {
+                let page = store::holders_after(&self.db, id, after.as_deref()).await?;
+                let Some((last, _)) = page.last() else { break };
+                after = Some(last.clone());
+                distinct += page
+                    .iter()
+                    .filter(|(user, _)| !queued_users.contains(user.as_str()))
+                    .count();
+                if scripts::hydrate_users(&mut con, &keys, &page).await? == Hydration::AlreadyLoaded
+                {
+                    return Ok(Presence::Loaded);
+                }
+            }
+            match scripts::hydrate_commit(&mut con, &keys, campaign.total, &campaign.name, distinct)
+                .await?
+            {
+                Hydration::Written => {
+                    tracing::info!(%id, holders = distinct, "campaign hydrated from PostgreSQL");
+                    return Ok(Presence::Loaded);
+                }
+                Hydration::AlreadyLoaded => return Ok(Presence::Loaded),
+                Hydration::HoldersLost => continue,
+            }
+        }
+        Err(GatewayError::Unstable(id))
+    }
+}
+
+/// The (user, key) pairs of a campaign's entries still in its shard's outbox, read or not.
+async fn queued_holders(
+    con: &mut deadpool_redis::Connection,
+    keys: &CampaignKeys,
+    id: CampaignId,
+) -> Result<Vec<(String, String)>, redis::RedisError> {
+    let campaign = id.to_string();
+    let mut holders = Vec::new();
+    let mut start = "-".to_owned();
+    loop {
+        let page: StreamRangeReply = con
+            .xrange_count(&keys.outbox, &start, "+", store::HOLDERS_CHUNK)
+            .await?;
+        let Some(last) = page.ids.last() else { break };
+        start = format!("({}", last.id);
+        holders.extend(page.ids.iter().filter_map(|entry| {
+            let of_campaign = entry.get::<String>("campaign")? == campaign;
+            of_campaign.then(|| Some((entry.get("user")?, entry.get("key")?)))?
+        }));
+    }
+    Ok(holders)
+}

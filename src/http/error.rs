@@ -1,0 +1,162 @@
+//! `ApiError`: every error the API returns, each with a stable `code`, written as an RFC 9457
+//! `application/problem+json` body. Internal causes are logged here and never shown to clients.
+
+use axum::{
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use serde::Serialize;
+
+use crate::gateway::GatewayError;
+
+/// Seconds a client should wait before retrying after a 503.
+const RETRY_AFTER_SECONDS: &str = "1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("the body is not valid JSON: {0}")]
+    MalformedJson(String),
+    #[error("the campaign id in the path must be a UUID")]
+    InvalidCampaignId,
+    #[error("the body exceeds {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("the body must be JSON, sent with Content-Type: application/json")]
+    UnsupportedMediaType,
+    #[error("{field}: {detail}")]
+    InvalidField { field: String, detail: String },
+    #[error("{0}")]
+    InvalidBody(String),
+    #[error("the Idempotency-Key header and the body's idempotencyKey differ")]
+    IdempotencyKeyMismatch,
+    #[error("no campaign has this id")]
+    CampaignNotFound,
+    #[error("no such resource")]
+    NotFound,
+    #[error("this method is not allowed on this resource")]
+    MethodNotAllowed,
+    #[error("the decision store is unavailable; retry with the same idempotency key")]
+    RedisUnavailable,
+    #[error("the database is unavailable; retry later")]
+    DatabaseUnavailable,
+    #[error("internal error")]
+    Internal,
+}
+
+impl ApiError {
+    fn status(&self) -> StatusCode {
+        match self {
+            ApiError::MalformedJson(_) | ApiError::InvalidCampaignId => StatusCode::BAD_REQUEST,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::InvalidField { .. }
+            | ApiError::InvalidBody(_)
+            | ApiError::IdempotencyKeyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::CampaignNotFound | ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::RedisUnavailable | ApiError::DatabaseUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable, machine-readable name of the error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::MalformedJson(_) => "malformed_json",
+            ApiError::InvalidCampaignId => "invalid_campaign_id",
+            ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::InvalidField { .. } => "invalid_field",
+            ApiError::InvalidBody(_) => "invalid_body",
+            ApiError::IdempotencyKeyMismatch => "idempotency_key_mismatch",
+            ApiError::CampaignNotFound => "campaign_not_found",
+            ApiError::NotFound => "not_found",
+            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::RedisUnavailable => "redis_unavailable",
+            ApiError::DatabaseUnavailable => "database_unavailable",
+            ApiError::Internal => "internal",
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    title: &'static str,
+    status: u16,
+    detail: String,
+    code: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let field = match &self {
+            ApiError::InvalidField { field, .. } => Some(field.as_str()),
+            _ => None,
+        };
+        let problem = Problem {
+            kind: "about:blank",
+            title: status.canonical_reason().unwrap_or("Error"),
+            status: status.as_u16(),
+            detail: self.to_string(),
+            code: self.code(),
+            field,
+        };
+        let body = serde_json::to_vec(&problem).expect("a problem always serializes");
+        let mut response = (status, body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            headers.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_static(RETRY_AFTER_SECONDS),
+            );
+        }
+        response
+    }
+}
+
+impl From<GatewayError> for ApiError {
+    fn from(error: GatewayError) -> Self {
+        match error.root() {
+            GatewayError::NotFound => ApiError::CampaignNotFound,
+            GatewayError::Redis(_) | GatewayError::RedisPool(_) | GatewayError::Unstable(_) => {
+                tracing::warn!(%error, "Redis unavailable");
+                ApiError::RedisUnavailable
+            }
+            GatewayError::Database(db) if is_unavailable(db) => {
+                tracing::warn!(%error, "PostgreSQL unavailable");
+                ApiError::DatabaseUnavailable
+            }
+            GatewayError::Database(_) | GatewayError::Shared(_) => {
+                tracing::error!(%error, "request failed");
+                ApiError::Internal
+            }
+        }
+    }
+}
+
+/// Whether a database error means "not reachable now" rather than "this request is wrong".
+fn is_unavailable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        // Class 08: connection exception; 57P0x: the server is shutting down or starting up;
+        // 57014: statement timeout.
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|code| code.starts_with("08") || code.starts_with("57")),
+        _ => false,
+    }
+}

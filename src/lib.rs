@@ -1,0 +1,21 @@
+//! voucher-gateway: flash-sale voucher redemption that never over-redeems.
+//!
+//! - `domain`: the values of the API, parsed once at the edge
+//! - `config`: every setting, as flags and environment variables
+//! - `telemetry`: logging
+//! - `redis`: the key layout, the Lua scripts and the connections
+//! - `store`: PostgreSQL, the system of record
+//! - `gateway`: the operations (create, redeem, summary, hydration)
+//! - `writer`: the outbox consumer that persists redemptions
+//! - `http`: the API
+//! - `app`: building and running the whole service
+
+pub mod app;
+pub mod config;
+pub mod domain;
+pub mod gateway;
+pub mod http;
+pub mod redis;
+pub mod store;
+pub mod telemetry;
+pub mod writer;

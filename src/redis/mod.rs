@@ -1,0 +1,77 @@
+//! Redis: the hot path's one multiplexed connection, the pool for work that blocks or holds a
+//! connection (the writer, hydration), the key layout and the scripts.
+
+pub mod keys;
+pub mod scripts;
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use redis::{
+    AsyncConnectionConfig, Client,
+    aio::{ConnectionManager, ConnectionManagerConfig},
+};
+
+/// Opens the redeem path's connection: one multiplexed, auto-pipelined connection shared by every
+/// request, reconnecting by itself after a Redis restart. A pool here would halve throughput.
+pub async fn connect_manager(url: &str, timeout: Duration) -> anyhow::Result<ConnectionManager> {
+    let client = Client::open(url).context("invalid Redis URL")?;
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout))
+        .set_number_of_retries(2)
+        .set_max_delay(timeout);
+    client
+        .get_connection_manager_with_config(config)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot connect to Redis at {}",
+                crate::config::redacted(url)
+            )
+        })
+}
+
+/// Builds the pool for blocking reads and multi-step work. Connections open lazily.
+pub fn connect_pool(
+    url: &str,
+    size: usize,
+    timeout: Duration,
+) -> anyhow::Result<deadpool_redis::Pool> {
+    let connection = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout));
+    let manager =
+        deadpool_redis::Manager::new_with_config(url, connection).context("invalid Redis URL")?;
+    deadpool_redis::Pool::builder(manager)
+        .max_size(size)
+        .wait_timeout(Some(timeout))
+        .create_timeout(Some(timeout))
+        .recycle_timeout(Some(timeout))
+        .runtime(deadpool_redis::Runtime::Tokio1)
+        .build()
+        .context("cannot build the Redis pool")
+}
+
+/// Refuses a Redis that may evict keys: an evicted campaign or outbox would lose vouchers.
+pub async fn check_no_eviction(con: &mut ConnectionManager) -> anyhow::Result<()> {
+    let reply: redis::RedisResult<Vec<String>> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("maxmemory-policy")
+        .query_async(con)
+        .await;
+    match reply {
+        Ok(pair) => match pair.get(1).map(String::as_str) {
+            Some("noeviction") | None => Ok(()),
+            Some(policy) => bail!(
+                "Redis runs with maxmemory-policy {policy}: it could evict campaign state or the \
+                 outbox; set maxmemory-policy noeviction"
+            ),
+        },
+        // Managed Redis services often disable CONFIG; the operator must vouch for the policy.
+        Err(error) => {
+            tracing::warn!(%error, "cannot read Redis maxmemory-policy; it must be noeviction");
+            Ok(())
+        }
+    }
+}

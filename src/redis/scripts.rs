@@ -1,0 +1,121 @@
+//! Typed wrappers of the Lua scripts in `lua/`: each script is built once, called by SHA and
+//! reloaded on NOSCRIPT (after a Redis restart or failover), and its reply decoded into an enum.
+
+use std::sync::LazyLock;
+
+use redis::{RedisResult, Script, aio::ConnectionLike};
+
+use super::keys::{CampaignKeys, WRITER_GROUP};
+use crate::domain::{CampaignId, IdempotencyKey, UserId};
+
+static REDEEM: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../../lua/redeem.lua")));
+static HYDRATE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../../lua/hydrate.lua")));
+static ACK: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("../../lua/ack.lua")));
+
+/// The decision of `redeem.lua`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    NotLoaded,
+    Redeemed,
+    Replayed,
+    AlreadyRedeemed,
+    SoldOut,
+}
+
+/// Runs `redeem.lua`: one atomic decision, and on a new redemption one outbox entry.
+pub async fn redeem(
+    con: &mut impl ConnectionLike,
+    keys: &CampaignKeys,
+    campaign: CampaignId,
+    user: &UserId,
+    key: &IdempotencyKey,
+) -> RedisResult<Decision> {
+    let code: i64 = REDEEM
+        .key(&keys.campaign)
+        .key(&keys.users)
+        .key(&keys.outbox)
+        .arg(campaign.to_string())
+        .arg(user.as_str())
+        .arg(key.as_str())
+        .invoke_async(con)
+        .await?;
+    match code {
+        0 => Ok(Decision::NotLoaded),
+        1 => Ok(Decision::Redeemed),
+        2 => Ok(Decision::Replayed),
+        3 => Ok(Decision::AlreadyRedeemed),
+        4 => Ok(Decision::SoldOut),
+        other => Err(unexpected("redeem.lua", other)),
+    }
+}
+
+/// What a hydration step did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hydration {
+    /// This call wrote its part.
+    Written,
+    /// The campaign was already loaded; nothing was written.
+    AlreadyLoaded,
+    /// Redis holds fewer holders than were loaded (it lost data meanwhile): start over.
+    HoldersLost,
+}
+
+/// Adds holders to a campaign that is not loaded yet (`hydrate.lua` phase `users`).
+pub async fn hydrate_users(
+    con: &mut impl ConnectionLike,
+    keys: &CampaignKeys,
+    holders: &[(String, String)],
+) -> RedisResult<Hydration> {
+    let mut invocation = HYDRATE.key(&keys.campaign);
+    invocation.key(&keys.users).arg("users");
+    for (user, key) in holders {
+        invocation.arg(user).arg(key);
+    }
+    hydration(invocation.invoke_async(con).await?)
+}
+
+/// Makes a campaign visible to redeems (`hydrate.lua` phase `commit`): remaining = total - holders.
+pub async fn hydrate_commit(
+    con: &mut impl ConnectionLike,
+    keys: &CampaignKeys,
+    total: i32,
+    name: &str,
+    holders_loaded: usize,
+) -> RedisResult<Hydration> {
+    let code = HYDRATE
+        .key(&keys.campaign)
+        .key(&keys.users)
+        .arg("commit")
+        .arg(total)
+        .arg(name)
+        .arg(holders_loaded)
+        .invoke_async(con)
+        .await?;
+    hydration(code)
+}
+
+fn hydration(code: i64) -> RedisResult<Hydration> {
+    match code {
+        1 => Ok(Hydration::Written),
+        0 => Ok(Hydration::AlreadyLoaded),
+        -1 => Ok(Hydration::HoldersLost),
+        other => Err(unexpected("hydrate.lua", other)),
+    }
+}
+
+/// Acknowledges and deletes committed outbox entries (`ack.lua`); returns how many were pending.
+pub async fn ack(con: &mut impl ConnectionLike, outbox: &str, ids: &[String]) -> RedisResult<u64> {
+    let mut invocation = ACK.key(outbox);
+    invocation.arg(WRITER_GROUP).arg(ids);
+    invocation.invoke_async(con).await
+}
+
+fn unexpected(script: &str, code: i64) -> redis::RedisError {
+    redis::RedisError::from((
+        redis::ErrorKind::Client,
+        "unexpected script reply",
+        format!("{script} returned {code}"),
+    ))
+}

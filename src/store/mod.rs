@@ -1,0 +1,67 @@
+//! PostgreSQL, the system of record: connecting, migrating, and the typed queries of each table.
+//! Handlers and the writer call these functions; no SQL lives anywhere else.
+
+mod campaigns;
+mod redemptions;
+
+use std::time::Duration;
+
+use sqlx::{
+    PgPool, Postgres,
+    migrate::MigrateDatabase,
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
+
+pub use campaigns::{CampaignRow, HOLDERS_CHUNK, holders_after, insert_campaign, select_campaign};
+pub use redemptions::{BatchSummary, OutboxEntry, RejectReason, store_batch};
+
+/// Connects a pool. `statement_timeout` bounds every query on the server side too.
+pub async fn connect(
+    url: &str,
+    max_connections: u32,
+    timeout: Duration,
+) -> Result<PgPool, sqlx::Error> {
+    let options: PgConnectOptions = url.parse()?;
+    let statement_timeout = timeout.as_millis().to_string();
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(timeout)
+        .connect_with(options.options([("statement_timeout", statement_timeout.as_str())]))
+        .await
+}
+
+/// Applies pending migrations (concurrent gateways serialise on sqlx's advisory lock).
+pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    sqlx::migrate!("./migrations").run(pool).await
+}
+
+/// Creates the database named in `url` when it is missing (a fresh machine).
+pub async fn create_database_if_missing(url: &str) -> Result<(), sqlx::Error> {
+    if !Postgres::database_exists(url).await? {
+        Postgres::create_database(url).await.or_else(|error| {
+            // Another process may have created it between the two calls.
+            match &error {
+                sqlx::Error::Database(db) if db.code().as_deref() == Some("42P04") => Ok(()),
+                _ => Err(error),
+            }
+        })?;
+    }
+    Ok(())
+}
+
+/// Records the shard count on first use and returns the one recorded: every gateway must use it.
+pub async fn recorded_shards(pool: &PgPool, configured: u16) -> Result<u16, sqlx::Error> {
+    sqlx::query(
+        "insert into gateway_settings (name, value) values ('shards', $1) on conflict do nothing",
+    )
+    .bind(configured.to_string())
+    .execute(pool)
+    .await?;
+    let value: String =
+        sqlx::query_scalar("select value from gateway_settings where name = 'shards'")
+            .fetch_one(pool)
+            .await?;
+    value.parse().map_err(|_| {
+        sqlx::Error::Protocol(format!("gateway_settings.shards is not a number: {value}"))
+    })
+}

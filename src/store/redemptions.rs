@@ -1,0 +1,284 @@
+//! Persisting a batch of outbox entries: one transaction, campaign rows locked once in id order,
+//! every entry classified (insert, already stored, refused) before anything is written.
+
+use std::collections::HashMap;
+
+use sqlx::PgPool;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+/// One redemption as the outbox carries it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEntry {
+    /// The stream entry id, for the acknowledgement.
+    pub id: String,
+    pub campaign: Uuid,
+    pub user: String,
+    pub key: String,
+    pub seq: i32,
+    pub at: OffsetDateTime,
+}
+
+/// Why PostgreSQL refused an entry Redis granted. Only possible after Redis lost or rolled back
+/// state; stored in `rejected_redemptions`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectReason {
+    /// The user already holds a voucher under another idempotency key.
+    UserHoldsOtherKey,
+    /// The campaign has no capacity left in PostgreSQL.
+    SoldOut,
+    /// Another user already holds this voucher number.
+    SeqTaken,
+    /// No such campaign in PostgreSQL.
+    UnknownCampaign,
+}
+
+impl RejectReason {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RejectReason::UserHoldsOtherKey => "user_holds_other_key",
+            RejectReason::SoldOut => "sold_out",
+            RejectReason::SeqTaken => "seq_taken",
+            RejectReason::UnknownCampaign => "unknown_campaign",
+        }
+    }
+}
+
+/// What a committed batch did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BatchSummary {
+    pub inserted: u64,
+    /// Redeliveries of entries already stored: no-ops.
+    pub already_stored: u64,
+    pub rejected: u64,
+}
+
+/// The fate of one entry, decided against the locked campaign rows and the stored holders.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Insert,
+    AlreadyStored,
+    Reject(RejectReason),
+}
+
+/// Stores one batch in one transaction. Idempotent: a redelivered batch changes nothing.
+pub async fn store_batch(
+    pool: &PgPool,
+    entries: &[OutboxEntry],
+) -> Result<BatchSummary, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+
+    let mut campaign_ids: Vec<Uuid> = entries.iter().map(|e| e.campaign).collect();
+    campaign_ids.sort_unstable();
+    campaign_ids.dedup();
+    // Lock in id order, once per batch, so two writers can never deadlock.
+    let capacity: HashMap<Uuid, i32> = sqlx::query_as::<_, (Uuid, i32)>(
+        "select id, total - redeemed from campaigns where id = any($1) order by id for update",
+    )
+    .bind(&campaign_ids)
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .collect();
+
+    let (campaigns, users): (Vec<Uuid>, Vec<&str>) = entries
+        .iter()
+        .map(|e| (e.campaign, e.user.as_str()))
+        .unzip();
+    let stored: HashMap<(Uuid, String), String> = sqlx::query_as::<_, (Uuid, String, String)>(
+        "select r.campaign_id, r.user_id, r.idempotency_key
+         from redemptions r
+         join unnest($1::uuid[], $2::text[]) as b (campaign_id, user_id)
+           on r.campaign_id = b.campaign_id and r.user_id = b.user_id",
+    )
+    .bind(&campaigns)
+    .bind(&users)
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .map(|(campaign, user, key)| ((campaign, user), key))
+    .collect();
+
+    let mut verdicts = classify(entries, capacity, stored);
+    let to_insert: Vec<&OutboxEntry> = entries
+        .iter()
+        .zip(&verdicts)
+        .filter(|(_, v)| **v == Verdict::Insert)
+        .map(|(e, _)| e)
+        .collect();
+
+    let inserted: Vec<(Uuid, String)> = sqlx::query_as(
+        "insert into redemptions (campaign_id, user_id, idempotency_key, seq, redeemed_at)
+         select * from unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::timestamptz[])
+         on conflict do nothing
+         returning campaign_id, user_id",
+    )
+    .bind(to_insert.iter().map(|e| e.campaign).collect::<Vec<_>>())
+    .bind(
+        to_insert
+            .iter()
+            .map(|e| e.user.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(to_insert.iter().map(|e| e.key.as_str()).collect::<Vec<_>>())
+    .bind(to_insert.iter().map(|e| e.seq).collect::<Vec<_>>())
+    .bind(to_insert.iter().map(|e| e.at).collect::<Vec<_>>())
+    .fetch_all(&mut *tx)
+    .await?;
+
+    // The user rows were checked above under the campaign lock, so an insert that did not happen
+    // collided on the voucher number.
+    if inserted.len() < to_insert.len() {
+        let inserted: std::collections::HashSet<(Uuid, &str)> =
+            inserted.iter().map(|(c, u)| (*c, u.as_str())).collect();
+        for (entry, verdict) in entries.iter().zip(verdicts.iter_mut()) {
+            if *verdict == Verdict::Insert
+                && !inserted.contains(&(entry.campaign, entry.user.as_str()))
+            {
+                *verdict = Verdict::Reject(RejectReason::SeqTaken);
+            }
+        }
+    }
+
+    let counted: Vec<Uuid> = inserted.iter().map(|(campaign, _)| *campaign).collect();
+    sqlx::query(
+        "update campaigns c set redeemed = c.redeemed + n.count
+         from (select id, count(*)::int as count from unnest($1::uuid[]) as t (id) group by id) n
+         where c.id = n.id",
+    )
+    .bind(&counted)
+    .execute(&mut *tx)
+    .await?;
+
+    let rejected: Vec<(&OutboxEntry, RejectReason)> = entries
+        .iter()
+        .zip(&verdicts)
+        .filter_map(|(e, v)| match v {
+            Verdict::Reject(reason) => Some((e, *reason)),
+            _ => None,
+        })
+        .collect();
+    if !rejected.is_empty() {
+        sqlx::query(
+            "insert into rejected_redemptions
+                 (campaign_id, user_id, idempotency_key, seq, redeemed_at, reason)
+             select * from unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::timestamptz[], $6::text[])
+             on conflict do nothing",
+        )
+        .bind(rejected.iter().map(|(e, _)| e.campaign).collect::<Vec<_>>())
+        .bind(rejected.iter().map(|(e, _)| e.user.as_str()).collect::<Vec<_>>())
+        .bind(rejected.iter().map(|(e, _)| e.key.as_str()).collect::<Vec<_>>())
+        .bind(rejected.iter().map(|(e, _)| e.seq).collect::<Vec<_>>())
+        .bind(rejected.iter().map(|(e, _)| e.at).collect::<Vec<_>>())
+        .bind(rejected.iter().map(|(_, r)| r.as_str()).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+    }
+
+    tx.commit().await?;
+    Ok(BatchSummary {
+        inserted: inserted.len() as u64,
+        already_stored: verdicts
+            .iter()
+            .filter(|v| **v == Verdict::AlreadyStored)
+            .count() as u64,
+        rejected: rejected.len() as u64,
+    })
+}
+
+/// Decides each entry in stream order: a holder's own key again is a no-op, another key is
+/// refused, and no campaign gets more new holders than its remaining capacity.
+fn classify(
+    entries: &[OutboxEntry],
+    mut capacity: HashMap<Uuid, i32>,
+    mut stored: HashMap<(Uuid, String), String>,
+) -> Vec<Verdict> {
+    entries
+        .iter()
+        .map(|entry| {
+            let Some(left) = capacity.get_mut(&entry.campaign) else {
+                return Verdict::Reject(RejectReason::UnknownCampaign);
+            };
+            let holder = (entry.campaign, entry.user.clone());
+            match stored.get(&holder) {
+                Some(key) if *key == entry.key => Verdict::AlreadyStored,
+                Some(_) => Verdict::Reject(RejectReason::UserHoldsOtherKey),
+                None if *left <= 0 => Verdict::Reject(RejectReason::SoldOut),
+                None => {
+                    *left -= 1;
+                    stored.insert(holder, entry.key.clone());
+                    Verdict::Insert
+                }
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(campaign: Uuid, user: &str, key: &str) -> OutboxEntry {
+        OutboxEntry {
+            id: "0-1".into(),
+            campaign,
+            user: user.into(),
+            key: key.into(),
+            seq: 1,
+            at: OffsetDateTime::UNIX_EPOCH,
+        }
+    }
+
+    #[test]
+    fn new_holders_are_inserted_up_to_capacity_then_refused_as_sold_out() {
+        let c = Uuid::new_v4();
+        let entries = [entry(c, "a", "k"), entry(c, "b", "k"), entry(c, "c", "k")];
+        let verdicts = classify(&entries, HashMap::from([(c, 2)]), HashMap::new());
+        assert_eq!(
+            verdicts,
+            [
+                Verdict::Insert,
+                Verdict::Insert,
+                Verdict::Reject(RejectReason::SoldOut)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_redelivered_entry_is_a_no_op_and_uses_no_capacity() {
+        let c = Uuid::new_v4();
+        let stored = HashMap::from([((c, "a".to_string()), "k".to_string())]);
+        let entries = [entry(c, "a", "k"), entry(c, "b", "k")];
+        let verdicts = classify(&entries, HashMap::from([(c, 1)]), stored);
+        assert_eq!(verdicts, [Verdict::AlreadyStored, Verdict::Insert]);
+    }
+
+    #[test]
+    fn a_second_key_for_a_holder_is_refused_even_within_one_batch() {
+        let c = Uuid::new_v4();
+        let entries = [
+            entry(c, "a", "k1"),
+            entry(c, "a", "k2"),
+            entry(c, "a", "k1"),
+        ];
+        let verdicts = classify(&entries, HashMap::from([(c, 5)]), HashMap::new());
+        assert_eq!(
+            verdicts,
+            [
+                Verdict::Insert,
+                Verdict::Reject(RejectReason::UserHoldsOtherKey),
+                Verdict::AlreadyStored
+            ]
+        );
+    }
+
+    #[test]
+    fn an_entry_of_an_unknown_campaign_is_refused() {
+        let verdicts = classify(
+            &[entry(Uuid::new_v4(), "a", "k")],
+            HashMap::new(),
+            HashMap::new(),
+        );
+        assert_eq!(verdicts, [Verdict::Reject(RejectReason::UnknownCampaign)]);
+    }
+}

@@ -1,0 +1,236 @@
+//! The outbox writer: one loop per shard stream moves redemptions from Redis into PostgreSQL.
+//! Each step claims entries a dead consumer left pending, or reads new ones, stores them in one
+//! transaction (retrying PostgreSQL with backoff, never dropping), then acknowledges and deletes
+//! them. Entries stay pending until committed, so a crash at any point loses nothing.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use redis::{
+    AsyncCommands,
+    streams::{
+        StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamReadOptions, StreamReadReply,
+    },
+};
+use sqlx::PgPool;
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::{
+    redis::{keys::WRITER_GROUP, scripts},
+    store::{self, BatchSummary, OutboxEntry},
+};
+
+/// The first and the longest pause between retries after an error.
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone)]
+pub struct WriterSettings {
+    /// Most entries per batch (one PostgreSQL transaction).
+    pub batch_size: usize,
+    /// How long a partial batch waits for more entries before it is written.
+    pub flush_interval: Duration,
+    /// How long an entry stays pending with a consumer before another claims it.
+    pub claim_idle: Duration,
+    /// How long one read waits for new entries when the stream is empty.
+    pub block: Duration,
+}
+
+pub struct Writer {
+    redis: deadpool_redis::Pool,
+    db: PgPool,
+    consumer: String,
+    settings: WriterSettings,
+}
+
+impl Writer {
+    /// A writer with a consumer name of its own, unique to this process.
+    pub fn new(redis: deadpool_redis::Pool, db: PgPool, settings: WriterSettings) -> Self {
+        let consumer = format!(
+            "writer-{}-{}",
+            std::process::id(),
+            &Uuid::new_v4().simple().to_string()[..8]
+        );
+        Self {
+            redis,
+            db,
+            consumer,
+            settings,
+        }
+    }
+
+    pub fn consumer(&self) -> &str {
+        &self.consumer
+    }
+
+    /// Runs steps on one outbox until `cancel`; the batch in hand is committed before returning.
+    pub async fn run(&self, outbox: String, cancel: CancellationToken) {
+        let mut backoff = BACKOFF_MIN;
+        let mut group_ready = false;
+        while !cancel.is_cancelled() {
+            let result = async {
+                if !group_ready {
+                    self.ensure_group(&outbox).await?;
+                    group_ready = true;
+                }
+                self.step(&outbox, &cancel).await
+            }
+            .await;
+            match result {
+                Ok(_) => backoff = BACKOFF_MIN,
+                Err(error) => {
+                    // The stream and its group vanish with a Redis that restarted empty.
+                    group_ready = false;
+                    tracing::warn!(%outbox, error = format!("{error:#}"), "writer step failed; retrying");
+                    tokio::select! {
+                        () = cancel.cancelled() => break,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+            }
+        }
+    }
+
+    /// Creates the consumer group (reading from the stream's start) if it does not exist.
+    pub async fn ensure_group(&self, outbox: &str) -> anyhow::Result<()> {
+        let mut con = self.redis.get().await?;
+        let created: redis::RedisResult<()> =
+            con.xgroup_create_mkstream(outbox, WRITER_GROUP, "0").await;
+        match created {
+            Err(error) if error.code() == Some("BUSYGROUP") => Ok(()),
+            other => Ok(other?),
+        }
+    }
+
+    /// One batch: claimed stale entries if there are any, else new ones; stored and acknowledged.
+    /// Returns how many entries it handled.
+    pub async fn step(&self, outbox: &str, cancel: &CancellationToken) -> anyhow::Result<usize> {
+        let mut entries = self.claim(outbox).await?;
+        if entries.is_empty() {
+            entries = self.read(outbox).await?;
+        }
+        if entries.is_empty() {
+            return Ok(0);
+        }
+        self.store(&entries, cancel).await?;
+        self.ack(outbox, &entries).await?;
+        Ok(entries.len())
+    }
+
+    /// Reads new entries for this consumer: waits up to `block` for the first, then up to
+    /// `flush_interval` for the batch to fill.
+    pub async fn read(&self, outbox: &str) -> anyhow::Result<Vec<OutboxEntry>> {
+        let mut con = self.redis.get().await?;
+        let batch = self.settings.batch_size;
+        let options = StreamReadOptions::default()
+            .group(WRITER_GROUP, &self.consumer)
+            .count(batch)
+            .block(self.settings.block.as_millis().max(1) as usize);
+        let reply: Option<StreamReadReply> = con.xread_options(&[outbox], &[">"], &options).await?;
+        let mut entries = parse_read(reply);
+        if !entries.is_empty() && entries.len() < batch && !self.settings.flush_interval.is_zero() {
+            tokio::time::sleep(self.settings.flush_interval).await;
+            let options = StreamReadOptions::default()
+                .group(WRITER_GROUP, &self.consumer)
+                .count(batch - entries.len());
+            let reply: Option<StreamReadReply> =
+                con.xread_options(&[outbox], &[">"], &options).await?;
+            entries.extend(parse_read(reply));
+        }
+        Ok(entries)
+    }
+
+    /// Takes over entries that another consumer has held for longer than `claim_idle`.
+    pub async fn claim(&self, outbox: &str) -> anyhow::Result<Vec<OutboxEntry>> {
+        let mut con = self.redis.get().await?;
+        let options = StreamAutoClaimOptions::default().count(self.settings.batch_size);
+        let reply: StreamAutoClaimReply = con
+            .xautoclaim_options(
+                outbox,
+                WRITER_GROUP,
+                &self.consumer,
+                self.settings.claim_idle.as_millis() as u64,
+                "0-0",
+                options,
+            )
+            .await?;
+        if !reply.claimed.is_empty() {
+            tracing::info!(%outbox, count = reply.claimed.len(), "claimed entries of a stalled consumer");
+        }
+        Ok(parse_entries(reply.claimed))
+    }
+
+    /// Stores a batch, retrying PostgreSQL errors with backoff until it commits or `cancel`
+    /// (then the entries stay pending for a later claim: nothing is dropped).
+    async fn store(
+        &self,
+        entries: &[OutboxEntry],
+        cancel: &CancellationToken,
+    ) -> anyhow::Result<BatchSummary> {
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            match store::store_batch(&self.db, entries).await {
+                Ok(summary) => {
+                    if summary.rejected > 0 {
+                        tracing::error!(
+                            rejected = summary.rejected,
+                            "PostgreSQL refused redemptions Redis granted; run reconcile"
+                        );
+                    }
+                    return Ok(summary);
+                }
+                Err(error) => {
+                    tracing::warn!(%error, entries = entries.len(), "storing a batch failed; retrying");
+                    tokio::select! {
+                        () = cancel.cancelled() => return Err(error).context("stopped before the batch was stored"),
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+            }
+        }
+    }
+
+    async fn ack(&self, outbox: &str, entries: &[OutboxEntry]) -> anyhow::Result<()> {
+        let ids: Vec<String> = entries.iter().map(|entry| entry.id.clone()).collect();
+        let mut con = self.redis.get().await?;
+        scripts::ack(&mut con, outbox, &ids).await?;
+        Ok(())
+    }
+}
+
+fn parse_read(reply: Option<StreamReadReply>) -> Vec<OutboxEntry> {
+    reply
+        .into_iter()
+        .flat_map(|reply| reply.keys)
+        .flat_map(|key| parse_entries(key.ids))
+        .collect()
+}
+
+fn parse_entries(ids: Vec<StreamId>) -> Vec<OutboxEntry> {
+    ids.into_iter()
+        .filter_map(|entry| {
+            let parsed = parse_entry(&entry);
+            if parsed.is_none() {
+                // Not written by redeem.lua; storing it is impossible and retrying it pointless.
+                tracing::error!(id = %entry.id, "malformed outbox entry left pending");
+            }
+            parsed
+        })
+        .collect()
+}
+
+fn parse_entry(entry: &StreamId) -> Option<OutboxEntry> {
+    let at_ms: i64 = entry.get("at")?;
+    Some(OutboxEntry {
+        id: entry.id.clone(),
+        campaign: Uuid::try_parse(&entry.get::<String>("campaign")?).ok()?,
+        user: entry.get("user")?,
+        key: entry.get("key")?,
+        seq: entry.get("seq")?,
+        at: OffsetDateTime::from_unix_timestamp_nanos(i128::from(at_ms) * 1_000_000).ok()?,
+    })
+}
