@@ -33,6 +33,17 @@ where
                 ApiError::MalformedJson(rejection.body_text())
             }
         })?;
+        // serde would take a JSON array for a struct, field by position: only objects are bodies.
+        if bytes.trim_ascii_start().first() != Some(&b'{') {
+            return Err(
+                match serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
+                    Ok(_) => ApiError::InvalidBody("the body must be a JSON object".into()),
+                    Err(error) => {
+                        ApiError::MalformedJson(without_position(&error.to_string()).to_owned())
+                    }
+                },
+            );
+        }
         let deserializer = &mut serde_json::Deserializer::from_slice(&bytes);
         serde_path_to_error::deserialize(deserializer)
             .map(ApiJson)

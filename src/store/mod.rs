@@ -41,7 +41,12 @@ pub async fn create_database_if_missing(url: &str) -> Result<(), sqlx::Error> {
         Postgres::create_database(url).await.or_else(|error| {
             // Another process may have created it between the two calls.
             match &error {
-                sqlx::Error::Database(db) if db.code().as_deref() == Some("42P04") => Ok(()),
+                // 42P04 duplicate_database, or 23505 when both raced inside the catalog.
+                sqlx::Error::Database(db)
+                    if matches!(db.code().as_deref(), Some("42P04" | "23505")) =>
+                {
+                    Ok(())
+                }
                 _ => Err(error),
             }
         })?;

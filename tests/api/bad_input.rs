@@ -1,0 +1,399 @@
+//! Every malformed request gets a 4xx problem+json with a stable code and changes nothing.
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::helpers::TestApp;
+
+struct Case {
+    what: &'static str,
+    method: Method,
+    /// `{id}` is replaced by the test campaign's id.
+    path: &'static str,
+    content_type: Option<&'static str>,
+    idempotency_header: Option<String>,
+    body: String,
+    status: StatusCode,
+    code: &'static str,
+    field: Option<&'static str>,
+}
+
+fn redeem(
+    what: &'static str,
+    body: Value,
+    status: u16,
+    code: &'static str,
+    field: Option<&'static str>,
+) -> Case {
+    Case {
+        what,
+        method: Method::POST,
+        path: "/campaigns/{id}/redeem",
+        content_type: Some("application/json"),
+        idempotency_header: None,
+        body: body.to_string(),
+        status: StatusCode::from_u16(status).unwrap(),
+        code,
+        field,
+    }
+}
+
+fn create(
+    what: &'static str,
+    body: Value,
+    status: u16,
+    code: &'static str,
+    field: Option<&'static str>,
+) -> Case {
+    Case {
+        path: "/campaigns",
+        ..redeem(what, body, status, code, field)
+    }
+}
+
+fn cases() -> Vec<Case> {
+    let long = |n: usize| "x".repeat(n);
+    vec![
+        Case {
+            content_type: None,
+            ..redeem(
+                "no content type",
+                json!({"userId": "u", "idempotencyKey": "k"}),
+                415,
+                "unsupported_media_type",
+                None,
+            )
+        },
+        Case {
+            content_type: Some("text/plain"),
+            ..redeem(
+                "text content type",
+                json!({"userId": "u", "idempotencyKey": "k"}),
+                415,
+                "unsupported_media_type",
+                None,
+            )
+        },
+        redeem(
+            "body over 16 KiB",
+            json!({"userId": long(17 * 1024), "idempotencyKey": "k"}),
+            413,
+            "payload_too_large",
+            None,
+        ),
+        Case {
+            body: "{\"userId\": ".into(),
+            ..redeem("truncated JSON", json!(null), 400, "malformed_json", None)
+        },
+        Case {
+            body: String::new(),
+            ..redeem("empty body", json!(null), 400, "malformed_json", None)
+        },
+        Case {
+            body: "userId=u".into(),
+            ..redeem(
+                "form body sent as JSON",
+                json!(null),
+                400,
+                "malformed_json",
+                None,
+            )
+        },
+        redeem("JSON array", json!(["u", "k"]), 422, "invalid_body", None),
+        redeem(
+            "missing userId",
+            json!({"idempotencyKey": "k"}),
+            422,
+            "invalid_body",
+            None,
+        ),
+        redeem(
+            "unknown field",
+            json!({"userId": "u", "idempotencyKey": "k", "admin": true}),
+            422,
+            "invalid_field",
+            Some("admin"),
+        ),
+        redeem(
+            "userId a number",
+            json!({"userId": 7, "idempotencyKey": "k"}),
+            422,
+            "invalid_field",
+            Some("userId"),
+        ),
+        redeem(
+            "userId empty",
+            json!({"userId": "", "idempotencyKey": "k"}),
+            422,
+            "invalid_field",
+            Some("userId"),
+        ),
+        redeem(
+            "userId over 128 characters",
+            json!({"userId": long(129), "idempotencyKey": "k"}),
+            422,
+            "invalid_field",
+            Some("userId"),
+        ),
+        redeem(
+            "userId with a control character",
+            json!({"userId": "a\u{1}b", "idempotencyKey": "k"}),
+            422,
+            "invalid_field",
+            Some("userId"),
+        ),
+        redeem(
+            "key missing everywhere",
+            json!({"userId": "u"}),
+            422,
+            "invalid_field",
+            Some("idempotencyKey"),
+        ),
+        redeem(
+            "key empty",
+            json!({"userId": "u", "idempotencyKey": ""}),
+            422,
+            "invalid_field",
+            Some("idempotencyKey"),
+        ),
+        redeem(
+            "key over 255 characters",
+            json!({"userId": "u", "idempotencyKey": long(256)}),
+            422,
+            "invalid_field",
+            Some("idempotencyKey"),
+        ),
+        redeem(
+            "key with a newline",
+            json!({"userId": "u", "idempotencyKey": "a\nb"}),
+            422,
+            "invalid_field",
+            Some("idempotencyKey"),
+        ),
+        redeem(
+            "key an object",
+            json!({"userId": "u", "idempotencyKey": {"k": 1}}),
+            422,
+            "invalid_field",
+            Some("idempotencyKey"),
+        ),
+        Case {
+            idempotency_header: Some(long(256)),
+            ..redeem(
+                "header key over 255 characters",
+                json!({"userId": "u"}),
+                422,
+                "invalid_field",
+                Some("Idempotency-Key"),
+            )
+        },
+        Case {
+            idempotency_header: Some("h".into()),
+            ..redeem(
+                "header and body keys differ",
+                json!({"userId": "u", "idempotencyKey": "b"}),
+                422,
+                "idempotency_key_mismatch",
+                None,
+            )
+        },
+        Case {
+            path: "/campaigns/not-a-uuid/redeem",
+            ..redeem(
+                "path id not a UUID",
+                json!({"userId": "u", "idempotencyKey": "k"}),
+                400,
+                "invalid_campaign_id",
+                None,
+            )
+        },
+        Case {
+            method: Method::GET,
+            path: "/campaigns/42",
+            ..redeem(
+                "summary of a non-UUID id",
+                json!(null),
+                400,
+                "invalid_campaign_id",
+                None,
+            )
+        },
+        Case {
+            method: Method::GET,
+            ..redeem(
+                "GET on redeem",
+                json!(null),
+                405,
+                "method_not_allowed",
+                None,
+            )
+        },
+        Case {
+            path: "/nowhere",
+            ..redeem("unknown route", json!(null), 404, "not_found", None)
+        },
+        create(
+            "name empty after trimming",
+            json!({"name": "   ", "total": 5}),
+            422,
+            "invalid_field",
+            Some("name"),
+        ),
+        create(
+            "name over 200 characters",
+            json!({"name": long(201), "total": 5}),
+            422,
+            "invalid_field",
+            Some("name"),
+        ),
+        create(
+            "name with a control character",
+            json!({"name": "a\u{7f}", "total": 5}),
+            422,
+            "invalid_field",
+            Some("name"),
+        ),
+        create(
+            "name missing",
+            json!({"total": 5}),
+            422,
+            "invalid_body",
+            None,
+        ),
+        create(
+            "total zero",
+            json!({"name": "n", "total": 0}),
+            422,
+            "invalid_field",
+            Some("total"),
+        ),
+        create(
+            "total negative",
+            json!({"name": "n", "total": -3}),
+            422,
+            "invalid_field",
+            Some("total"),
+        ),
+        create(
+            "total over a billion",
+            json!({"name": "n", "total": 1_000_000_001_i64}),
+            422,
+            "invalid_field",
+            Some("total"),
+        ),
+        create(
+            "total a string",
+            json!({"name": "n", "total": "5"}),
+            422,
+            "invalid_field",
+            Some("total"),
+        ),
+        create(
+            "total a fraction",
+            json!({"name": "n", "total": 1.5}),
+            422,
+            "invalid_field",
+            Some("total"),
+        ),
+        create(
+            "total huge",
+            json!({"name": "n", "total": 1e30}),
+            422,
+            "invalid_field",
+            Some("total"),
+        ),
+        create(
+            "unknown field",
+            json!({"name": "n", "total": 5, "remaining": 9}),
+            422,
+            "invalid_field",
+            Some("remaining"),
+        ),
+        Case {
+            content_type: Some("text/csv"),
+            ..create(
+                "wrong content type",
+                json!({"name": "n", "total": 5}),
+                415,
+                "unsupported_media_type",
+                None,
+            )
+        },
+    ]
+}
+
+#[tokio::test]
+async fn every_malformed_request_is_a_4xx_problem_and_changes_nothing() {
+    let app = TestApp::spawn().await;
+    let id = app.create_campaign(50).await;
+    assert_eq!(app.redeem(id, "before", "k").await.outcome(), "REDEEMED");
+    let before = app.summary(id).await;
+    let campaigns_before: i64 =
+        sqlx::query_scalar("select count(*) from campaigns where name = 'n'")
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+
+    for case in cases() {
+        let mut request = app
+            .client
+            .request(
+                case.method.clone(),
+                app.url(&case.path.replace("{id}", &id.to_string())),
+            )
+            .body(case.body.clone());
+        if let Some(content_type) = case.content_type {
+            request = request.header("content-type", content_type);
+        }
+        if let Some(key) = &case.idempotency_header {
+            request = request.header("idempotency-key", key);
+        }
+        let response = request.send().await.unwrap();
+
+        assert_eq!(response.status(), case.status, "{}", case.what);
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json",
+            "{}",
+            case.what
+        );
+        let problem: Value = response.json().await.unwrap();
+        assert_eq!(problem["code"], case.code, "{}: {problem}", case.what);
+        assert_eq!(problem["status"], case.status.as_u16(), "{}", case.what);
+        assert!(
+            !problem["detail"].as_str().unwrap().is_empty(),
+            "{}",
+            case.what
+        );
+        assert_eq!(
+            problem["field"].as_str(),
+            case.field,
+            "{}: {problem}",
+            case.what
+        );
+
+        assert_eq!(
+            app.summary(id).await,
+            before,
+            "{} changed the campaign",
+            case.what
+        );
+        // The next normal request still works.
+        let fine = app.redeem(id, "before", "k").await;
+        assert!(
+            fine.replayed && fine.outcome() == "REDEEMED",
+            "after {}: {fine:?}",
+            case.what
+        );
+    }
+    let campaigns_after: i64 =
+        sqlx::query_scalar("select count(*) from campaigns where name = 'n'")
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(
+        campaigns_after, campaigns_before,
+        "a bad create made a campaign"
+    );
+    assert_eq!(app.redeem(id, "after", "k").await.outcome(), "REDEEMED");
+}

@@ -1,0 +1,144 @@
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::TestApp;
+
+#[tokio::test]
+async fn creating_a_campaign_answers_201_with_location_and_summary() {
+    let app = TestApp::spawn().await;
+
+    let response = app
+        .client
+        .post(app.url("/campaigns"))
+        .json(&json!({"name": "  Café 🎫 ", "total": 3}))
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let location = response.headers()["location"].to_str().unwrap().to_owned();
+    let body: Value = response.json().await.unwrap();
+    let id = body["id"].as_str().unwrap();
+    assert_eq!(location, format!("/campaigns/{id}"));
+    assert_eq!(
+        body,
+        json!({"id": id, "name": "Café 🎫", "total": 3, "redeemed": 0, "remaining": 3})
+    );
+    let fetched: Value = app
+        .client
+        .get(app.url(&location))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(fetched, body);
+}
+
+#[tokio::test]
+async fn the_three_outcomes_and_the_replay_header() {
+    let app = TestApp::spawn().await;
+    let id = app.create_campaign(1).await;
+
+    let first = app.redeem(id, "alice", "k1").await;
+    let replay = app.redeem(id, "alice", "k1").await;
+    let second_key = app.redeem(id, "alice", "k2").await;
+    let other_user = app.redeem(id, "bob", "k1").await;
+
+    assert_eq!(
+        (first.status, first.body.as_str(), first.replayed),
+        (StatusCode::OK, r#"{"status":"REDEEMED"}"#, false)
+    );
+    assert_eq!(
+        (replay.status, replay.body.as_str(), replay.replayed),
+        (StatusCode::OK, r#"{"status":"REDEEMED"}"#, true)
+    );
+    assert_eq!(second_key.body, r#"{"status":"ALREADY_REDEEMED"}"#);
+    assert!(!second_key.replayed);
+    assert_eq!(other_user.body, r#"{"status":"SOLD_OUT"}"#);
+    let summary = app.summary(id).await;
+    assert_eq!(
+        (summary["redeemed"].as_i64(), summary["remaining"].as_i64()),
+        (Some(1), Some(0))
+    );
+}
+
+#[tokio::test]
+async fn the_idempotency_key_may_come_as_a_header() {
+    let app = TestApp::spawn().await;
+    let id = app.create_campaign(5).await;
+    let redeem = |key_header: &'static str, body: Value| {
+        app.client
+            .post(app.url(&format!("/campaigns/{id}/redeem")))
+            .header("Idempotency-Key", key_header)
+            .json(&body)
+            .send()
+    };
+
+    let first = redeem("h-1", json!({"userId": "carol"})).await.unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    assert!(first.headers().get("idempotent-replayed").is_none());
+    // The same key sent in the body, and as a quoted structured-field string, is a replay.
+    let same_in_both = redeem("h-1", json!({"userId": "carol", "idempotencyKey": "h-1"}))
+        .await
+        .unwrap();
+    assert_eq!(same_in_both.headers()["idempotent-replayed"], "true");
+    let quoted = redeem("\"h-1\"", json!({"userId": "carol"})).await.unwrap();
+    assert_eq!(quoted.headers()["idempotent-replayed"], "true");
+    assert_eq!(quoted.text().await.unwrap(), r#"{"status":"REDEEMED"}"#);
+
+    let mismatch = redeem("h-1", json!({"userId": "dave", "idempotencyKey": "other"}))
+        .await
+        .unwrap();
+    assert_eq!(mismatch.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let problem: Value = mismatch.json().await.unwrap();
+    assert_eq!(problem["code"], "idempotency_key_mismatch");
+    assert_eq!(app.summary(id).await["redeemed"], 1);
+}
+
+#[tokio::test]
+async fn unicode_user_ids_and_keys_are_accepted() {
+    let app = TestApp::spawn().await;
+    let id = app.create_campaign(2).await;
+
+    let answer = app.redeem(id, "Zoë 🎫", "clé-✓").await;
+    let replay = app.redeem(id, "Zoë 🎫", "clé-✓").await;
+
+    assert_eq!(answer.outcome(), "REDEEMED");
+    assert!(replay.replayed);
+    app.wait_persisted(id, 1).await;
+    let stored = crate::helpers::stored(&app.db, id).await;
+    assert_eq!(stored, [("Zoë 🎫".to_owned(), "clé-✓".to_owned(), 1)]);
+}
+
+#[tokio::test]
+async fn an_unknown_campaign_is_a_404_problem() {
+    let app = TestApp::spawn().await;
+    let id = uuid::Uuid::new_v4();
+
+    let summary = app
+        .client
+        .get(app.url(&format!("/campaigns/{id}")))
+        .send()
+        .await
+        .unwrap();
+    let redeem = app
+        .client
+        .post(app.url(&format!("/campaigns/{id}/redeem")))
+        .json(&json!({"userId": "u", "idempotencyKey": "k"}))
+        .send()
+        .await
+        .unwrap();
+
+    for response in [summary, redeem] {
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json"
+        );
+        let problem: Value = response.json().await.unwrap();
+        assert_eq!(problem["code"], "campaign_not_found");
+        assert_eq!(problem["status"], 404);
+    }
+}

@@ -1,0 +1,369 @@
+//! The harness: the real app on port 0 against real Redis and PostgreSQL, and private servers for
+//! fault tests.
+
+use std::{
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use clap::Parser;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use voucher_gateway::{
+    app::App,
+    config::ServeConfig,
+    domain::CampaignId,
+    redis::keys::{CampaignKeys, Shards},
+};
+
+pub fn database_url() -> String {
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/voucher_gateway_test".into())
+}
+
+pub fn redis_url() -> String {
+    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/1".into())
+}
+
+/// Test settings: small pools, and stalled entries claimed after 2 s rather than 30.
+pub fn test_config() -> ServeConfig {
+    let mut config = ServeConfig::try_parse_from(["serve", "--listen", "127.0.0.1:0"]).unwrap();
+    config.database.database_url = database_url();
+    config.database.db_pool_size = 8;
+    config.redis.redis_url = redis_url();
+    config.redis.redis_timeout = Duration::from_secs(1);
+    config.writer.claim_idle_timeout = Duration::from_secs(2);
+    config
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub db: PgPool,
+    pub redis: redis::aio::MultiplexedConnection,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+/// One redeem's answer, as a client sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub replayed: bool,
+    pub body: String,
+}
+
+impl Answer {
+    pub fn outcome(&self) -> String {
+        let body: Value = serde_json::from_str(&self.body).unwrap_or(Value::Null);
+        body["status"].as_str().unwrap_or("").to_owned()
+    }
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        Self::spawn_with(test_config()).await
+    }
+
+    pub async fn spawn_with(config: ServeConfig) -> Self {
+        let database_url = config.database.database_url.clone();
+        let redis_url = config.redis.redis_url.clone();
+        let app = App::build(config).await.expect("the app builds");
+        let address = format!("http://{}", app.local_addr());
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(app.run(stop.clone().cancelled_owned()));
+        let db = PgPool::connect(&database_url).await.unwrap();
+        let redis = redis::Client::open(redis_url)
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        Self {
+            address,
+            client: reqwest::Client::new(),
+            db,
+            redis,
+            stop,
+            task,
+        }
+    }
+
+    /// Stops the app gracefully and returns what `run` returned.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.stop.cancel();
+        self.task.await.unwrap()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+
+    pub fn keys(&self, id: CampaignId) -> CampaignKeys {
+        Shards::new(16).campaign(id)
+    }
+
+    pub async fn create_campaign(&self, total: i64) -> CampaignId {
+        let response = self
+            .client
+            .post(self.url("/campaigns"))
+            .json(&json!({"name": "Test campaign", "total": total}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::CREATED);
+        let body: Value = response.json().await.unwrap();
+        CampaignId::parse(body["id"].as_str().unwrap()).unwrap()
+    }
+
+    pub async fn redeem(
+        &self,
+        id: CampaignId,
+        user: impl Into<String>,
+        key: impl Into<String>,
+    ) -> Answer {
+        let (user, key) = (user.into(), key.into());
+        let response = self
+            .client
+            .post(self.url(&format!("/campaigns/{id}/redeem")))
+            .json(&json!({"userId": user, "idempotencyKey": key}))
+            .send()
+            .await
+            .unwrap();
+        Answer {
+            status: response.status(),
+            replayed: response.headers().get("idempotent-replayed").is_some(),
+            body: response.text().await.unwrap(),
+        }
+    }
+
+    pub async fn summary(&self, id: CampaignId) -> Value {
+        let response = self
+            .client
+            .get(self.url(&format!("/campaigns/{id}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        response.json().await.unwrap()
+    }
+
+    /// Waits until PostgreSQL holds `count` redemptions of the campaign.
+    pub async fn wait_persisted(&self, id: CampaignId, count: i64) {
+        wait_persisted(&self.db, id, count).await
+    }
+}
+
+/// Waits until PostgreSQL holds `count` redemptions of the campaign (and `redeemed` agrees).
+pub async fn wait_persisted(db: &PgPool, id: CampaignId, count: i64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (rows, redeemed): (i64, i32) = sqlx::query_as(
+            "select (select count(*) from redemptions where campaign_id = $1), redeemed
+             from campaigns where id = $1",
+        )
+        .bind(id.as_uuid())
+        .fetch_one(db)
+        .await
+        .unwrap_or((-1, -1));
+        if rows == count && i64::from(redeemed) == count {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "PostgreSQL holds {rows} rows (redeemed {redeemed}), expected {count}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The campaign's stored redemptions: (user, key, seq), by seq.
+pub async fn stored(db: &PgPool, id: CampaignId) -> Vec<(String, String, i32)> {
+    sqlx::query_as(
+        "select user_id, idempotency_key, seq from redemptions where campaign_id = $1 order by seq",
+    )
+    .bind(id.as_uuid())
+    .fetch_all(db)
+    .await
+    .unwrap()
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A private Redis on a free port, in a temporary directory; killed on drop.
+pub struct RedisServer {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    pub fn start() -> Self {
+        let mut server = Self {
+            port: free_port(),
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        server.restart();
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts (again) on the same port and directory.
+    pub fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .args(["--appendonly", "no", "--dir"])
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed");
+        self.child = Some(child);
+        wait_until(|| {
+            Command::new("redis-cli")
+                .args(["-p", &self.port.to_string(), "ping"])
+                .output()
+                .is_ok_and(|out| out.stdout.starts_with(b"PONG"))
+        });
+    }
+
+    /// SIGKILL: no shutdown, no save.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A private PostgreSQL cluster on a free port, owned by the postgres user when run as root
+/// (initdb refuses root); stopped on drop.
+pub struct PgServer {
+    pub port: u16,
+    data: PathBuf,
+    _root: tempfile::TempDir,
+}
+
+impl PgServer {
+    pub fn start() -> Self {
+        let root = tempfile::Builder::new()
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .tempdir()
+            .unwrap();
+        let data = root.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        if is_root() {
+            run(Command::new("chown").arg("postgres:postgres").arg(&data));
+        }
+        run(pg_command("initdb")
+            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
+            .arg(&data)
+            .stdout(Stdio::null()));
+        let server = Self {
+            port: free_port(),
+            data,
+            _root: root,
+        };
+        server.start_again();
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!(
+            "postgres://postgres@127.0.0.1:{}/voucher_gateway",
+            self.port
+        )
+    }
+
+    pub fn start_again(&self) {
+        let options = format!(
+            "-p {} -h 127.0.0.1 -k {} -c fsync=off",
+            self.port,
+            self.data.display()
+        );
+        run(pg_command("pg_ctl")
+            .args(["-w", "-s", "-l"])
+            .arg(self.data.join("server.log"))
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-o", &options, "start"]));
+    }
+
+    pub fn stop(&self) {
+        run(&mut self.stop_command());
+    }
+
+    fn stop_command(&self) -> Command {
+        let mut command = pg_command("pg_ctl");
+        command
+            .args(["-w", "-s", "-m", "fast", "-D"])
+            .arg(&self.data)
+            .arg("stop");
+        command
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        let _ = self.stop_command().stderr(Stdio::null()).status();
+    }
+}
+
+/// A PostgreSQL server program, run as the postgres user when we are root.
+fn pg_command(program: &str) -> Command {
+    let bindir = Command::new("pg_config").arg("--bindir").output().unwrap();
+    let bin = Path::new(String::from_utf8(bindir.stdout).unwrap().trim()).join(program);
+    if is_root() {
+        let mut command = Command::new("runuser");
+        command.args(["-u", "postgres", "--"]).arg(bin);
+        command
+    } else {
+        Command::new(bin)
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|out| out.stdout.starts_with(b"0\n"))
+}
+
+fn run(command: &mut Command) {
+    let status = command.status().unwrap();
+    assert!(status.success(), "{command:?} failed");
+}
+
+fn wait_until(mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ready() {
+        assert!(Instant::now() < deadline, "server did not come up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -1,0 +1,11 @@
+//! Integration tests: the real app against real Redis and PostgreSQL. Each test creates its own
+//! campaigns, so tests run in parallel on the shared servers; fault tests start private servers.
+
+mod bad_input;
+mod concurrency;
+mod contract;
+mod helpers;
+mod hydration;
+mod outages;
+mod persistence;
+mod scripts;

@@ -1,0 +1,142 @@
+//! What Redis granted ends up in PostgreSQL exactly once, whatever happens to the writer or to
+//! PostgreSQL on the way.
+
+use std::{collections::HashSet, time::Duration};
+
+use futures::future::join_all;
+use redis::AsyncCommands;
+use reqwest::StatusCode;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use voucher_gateway::writer::Writer;
+
+use crate::helpers::{PgServer, RedisServer, TestApp, stored, test_config, wait_persisted};
+
+#[tokio::test]
+async fn postgres_holds_exactly_the_redeemed_set_after_the_writer_drains() {
+    let app = TestApp::spawn().await;
+    let id = app.create_campaign(1_000).await;
+
+    let mut expected = HashSet::new();
+    for n in 0..300 {
+        let (user, key) = (format!("user-{}", n % 250), format!("key-{n}"));
+        let answer = app.redeem(id, &user, &key).await;
+        if answer.outcome() == "REDEEMED" {
+            expected.insert((user, key));
+        }
+    }
+
+    assert_eq!(expected.len(), 250);
+    app.wait_persisted(id, 250).await;
+    let rows = stored(&app.db, id).await;
+    let users: HashSet<(String, String)> = rows
+        .iter()
+        .map(|(u, k, _)| (u.clone(), k.clone()))
+        .collect();
+    assert_eq!(users, expected);
+    let seqs: Vec<i32> = rows.iter().map(|(_, _, seq)| *seq).collect();
+    assert_eq!(
+        seqs,
+        (1..=250).collect::<Vec<_>>(),
+        "voucher numbers without gaps or repeats"
+    );
+    app.stop().await.expect("a graceful stop");
+}
+
+#[tokio::test]
+async fn entries_of_a_consumer_killed_between_read_and_ack_are_claimed_and_stored_once() {
+    let redis = RedisServer::start();
+    let mut config = test_config();
+    config.redis.redis_url = redis.url();
+    config.writer.no_writer = true;
+    let app = TestApp::spawn_with(config.clone()).await;
+    let id = app.create_campaign(100).await;
+    for n in 0..40 {
+        assert_eq!(
+            app.redeem(id, format!("user-{n}"), "k").await.outcome(),
+            "REDEEMED"
+        );
+    }
+    let stream = app.keys(id).outbox;
+    let pool =
+        voucher_gateway::redis::connect_pool(&redis.url(), 4, Duration::from_secs(1)).unwrap();
+    let mut settings = config.writer_settings();
+    settings.claim_idle = Duration::from_millis(200);
+
+    // A consumer reads the entries, then dies before it stores or acknowledges them.
+    let doomed = Writer::new(pool.clone(), app.db.clone(), settings.clone());
+    doomed.ensure_group(&stream).await.unwrap();
+    assert_eq!(doomed.read(&stream).await.unwrap().len(), 40);
+    drop(doomed);
+    let survivor = Writer::new(pool, app.db.clone(), settings);
+    assert!(
+        survivor.read(&stream).await.unwrap().is_empty(),
+        "nothing new to read: all pending"
+    );
+
+    let cancel = CancellationToken::new();
+    let mut handled = 0;
+    while handled < 40 {
+        handled += survivor.step(&stream, &cancel).await.unwrap();
+    }
+
+    app.wait_persisted(id, 40).await;
+    let mut con = app.redis.clone();
+    let left: usize = con.xlen(&stream).await.unwrap();
+    assert_eq!(left, 0, "acknowledged entries are deleted");
+    // Stepping again finds nothing: each entry was stored exactly once.
+    assert_eq!(survivor.step(&stream, &cancel).await.unwrap(), 0);
+    assert_eq!(stored(&app.db, id).await.len(), 40);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redeems_continue_while_postgres_is_down_and_everything_lands_once() {
+    let (redis, postgres) = (RedisServer::start(), PgServer::start());
+    let mut config = test_config();
+    config.redis.redis_url = redis.url();
+    config.database.database_url = postgres.url();
+    config.database.db_timeout = Duration::from_secs(1);
+    let app = TestApp::spawn_with(config).await;
+    let id = app.create_campaign(500).await;
+    let batch = |range: std::ops::Range<usize>| {
+        join_all(range.map(|n| app.redeem(id, format!("user-{n}"), "k")))
+    };
+    assert!(
+        batch(0..100)
+            .await
+            .iter()
+            .all(|a| a.outcome() == "REDEEMED")
+    );
+
+    postgres.stop();
+    let during = batch(100..250).await;
+    let create = app
+        .client
+        .post(app.url("/campaigns"))
+        .json(&json!({"name": "during the outage", "total": 5}))
+        .send()
+        .await
+        .unwrap();
+    let replays = batch(0..50).await;
+    postgres.start_again();
+
+    assert!(
+        during.iter().all(|a| a.outcome() == "REDEEMED"),
+        "redeems are answered from Redis"
+    );
+    assert!(replays.iter().all(|a| a.replayed));
+    assert_eq!(create.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(create.headers().contains_key("retry-after"));
+    assert_eq!(
+        create.json::<serde_json::Value>().await.unwrap()["code"],
+        "database_unavailable"
+    );
+    let db = sqlx::PgPool::connect(&postgres.url()).await.unwrap();
+    wait_persisted(&db, id, 250).await;
+    let seqs: Vec<i32> = stored(&db, id)
+        .await
+        .iter()
+        .map(|(_, _, seq)| *seq)
+        .collect();
+    assert_eq!(seqs, (1..=250).collect::<Vec<_>>());
+}

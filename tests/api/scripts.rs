@@ -1,0 +1,223 @@
+//! The Lua scripts on their own, against a real Redis: every row of the decision table, and a long
+//! random sequence compared with a plain in-memory model.
+
+use std::collections::HashMap;
+
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use redis::{AsyncCommands, aio::MultiplexedConnection, streams::StreamRangeReply};
+use voucher_gateway::{
+    domain::{CampaignId, IdempotencyKey, UserId},
+    redis::{
+        keys::{CampaignKeys, Shards},
+        scripts::{self, Decision, Hydration},
+    },
+};
+
+use crate::helpers::RedisServer;
+
+/// A private Redis, so that no app's writer drains the outbox these tests inspect.
+async fn connection() -> (RedisServer, MultiplexedConnection) {
+    let server = RedisServer::start();
+    let con = redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    (server, con)
+}
+
+async fn redeem(
+    con: &mut MultiplexedConnection,
+    keys: &CampaignKeys,
+    id: CampaignId,
+    user: &str,
+    key: &str,
+) -> Decision {
+    let (user, key) = (
+        UserId::parse(user).unwrap(),
+        IdempotencyKey::parse(key).unwrap(),
+    );
+    scripts::redeem(con, keys, id, &user, &key).await.unwrap()
+}
+
+/// A new campaign loaded with `total` vouchers and no holders.
+async fn loaded(con: &mut MultiplexedConnection, total: i32) -> (CampaignId, CampaignKeys) {
+    let id = CampaignId::new_random();
+    let keys = Shards::new(16).campaign(id);
+    let written = scripts::hydrate_commit(con, &keys, total, "lua test", 0)
+        .await
+        .unwrap();
+    assert_eq!(written, Hydration::Written);
+    (id, keys)
+}
+
+/// The outbox entries of one campaign: (user, key, seq).
+async fn outbox_entries(
+    con: &mut MultiplexedConnection,
+    keys: &CampaignKeys,
+    id: CampaignId,
+) -> Vec<(String, String, i64)> {
+    let reply: StreamRangeReply = con.xrange_all(&keys.outbox).await.unwrap();
+    reply
+        .ids
+        .iter()
+        .filter(|entry| entry.get::<String>("campaign").as_deref() == Some(&id.to_string()))
+        .map(|entry| {
+            (
+                entry.get("user").unwrap(),
+                entry.get("key").unwrap(),
+                entry.get("seq").unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_campaign_missing_from_redis_is_not_loaded_and_nothing_is_written() {
+    let (_server, mut con) = connection().await;
+    let id = CampaignId::new_random();
+    let keys = Shards::new(16).campaign(id);
+
+    assert_eq!(
+        redeem(&mut con, &keys, id, "u", "k").await,
+        Decision::NotLoaded
+    );
+
+    let users_exist: bool = con.exists(&keys.users).await.unwrap();
+    assert!(!users_exist);
+    assert!(outbox_entries(&mut con, &keys, id).await.is_empty());
+}
+
+#[tokio::test]
+async fn each_row_of_the_decision_table() {
+    let (_server, mut con) = connection().await;
+    let (id, keys) = loaded(&mut con, 1).await;
+
+    assert_eq!(
+        redeem(&mut con, &keys, id, "alice", "k1").await,
+        Decision::Redeemed
+    );
+    assert_eq!(
+        redeem(&mut con, &keys, id, "alice", "k1").await,
+        Decision::Replayed
+    );
+    assert_eq!(
+        redeem(&mut con, &keys, id, "alice", "k2").await,
+        Decision::AlreadyRedeemed
+    );
+    assert_eq!(
+        redeem(&mut con, &keys, id, "bob", "k1").await,
+        Decision::SoldOut
+    );
+
+    let remaining: i64 = con.hget(&keys.campaign, "remaining").await.unwrap();
+    assert_eq!(remaining, 0);
+    let holders: HashMap<String, String> = con.hgetall(&keys.users).await.unwrap();
+    assert_eq!(holders, HashMap::from([("alice".into(), "k1".into())]));
+    assert_eq!(
+        outbox_entries(&mut con, &keys, id).await,
+        [("alice".into(), "k1".into(), 1)]
+    );
+}
+
+#[tokio::test]
+async fn hydration_commits_once_and_counts_holders() {
+    let (_server, mut con) = connection().await;
+    let id = CampaignId::new_random();
+    let keys = Shards::new(16).campaign(id);
+    let holders = [
+        ("a".to_owned(), "1".to_owned()),
+        ("b".to_owned(), "2".to_owned()),
+    ];
+
+    assert_eq!(
+        scripts::hydrate_users(&mut con, &keys, &holders)
+            .await
+            .unwrap(),
+        Hydration::Written
+    );
+    // A commit that expects more holders than Redis has refuses (Redis lost some meanwhile).
+    assert_eq!(
+        scripts::hydrate_commit(&mut con, &keys, 5, "n", 3)
+            .await
+            .unwrap(),
+        Hydration::HoldersLost
+    );
+    assert_eq!(
+        scripts::hydrate_commit(&mut con, &keys, 5, "n", 2)
+            .await
+            .unwrap(),
+        Hydration::Written
+    );
+    assert_eq!(
+        scripts::hydrate_commit(&mut con, &keys, 5, "n", 2)
+            .await
+            .unwrap(),
+        Hydration::AlreadyLoaded
+    );
+    assert_eq!(
+        scripts::hydrate_users(&mut con, &keys, &holders)
+            .await
+            .unwrap(),
+        Hydration::AlreadyLoaded
+    );
+
+    let remaining: i64 = con.hget(&keys.campaign, "remaining").await.unwrap();
+    assert_eq!(remaining, 3);
+    assert_eq!(
+        redeem(&mut con, &keys, id, "a", "1").await,
+        Decision::Replayed
+    );
+    assert_eq!(
+        redeem(&mut con, &keys, id, "c", "3").await,
+        Decision::Redeemed
+    );
+    assert_eq!(
+        outbox_entries(&mut con, &keys, id).await,
+        [("c".into(), "3".into(), 3)]
+    );
+}
+
+#[tokio::test]
+async fn a_random_sequence_matches_the_model() {
+    let (_server, mut con) = connection().await;
+    let seed: u64 = rand::random();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let total = 7;
+    let (id, keys) = loaded(&mut con, total).await;
+    // The model: the holders in grant order; remaining follows from it.
+    let mut holders: Vec<(String, String)> = Vec::new();
+
+    for step in 0..2_000 {
+        let user = format!("user-{}", rng.random_range(0..12));
+        let key = format!("key-{}", rng.random_range(0..3));
+        let expected = match holders.iter().find(|(u, _)| *u == user) {
+            Some((_, held)) if *held == key => Decision::Replayed,
+            Some(_) => Decision::AlreadyRedeemed,
+            None if holders.len() == total as usize => Decision::SoldOut,
+            None => {
+                holders.push((user.clone(), key.clone()));
+                Decision::Redeemed
+            }
+        };
+        let actual = redeem(&mut con, &keys, id, &user, &key).await;
+        assert_eq!(actual, expected, "step {step} ({user}, {key}), seed {seed}");
+    }
+
+    let remaining: i64 = con.hget(&keys.campaign, "remaining").await.unwrap();
+    assert_eq!(
+        remaining,
+        total as i64 - holders.len() as i64,
+        "seed {seed}"
+    );
+    let expected_outbox: Vec<(String, String, i64)> = holders
+        .into_iter()
+        .zip(1..)
+        .map(|((user, key), seq)| (user, key, seq))
+        .collect();
+    assert_eq!(
+        outbox_entries(&mut con, &keys, id).await,
+        expected_outbox,
+        "seed {seed}"
+    );
+}
