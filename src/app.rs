@@ -19,7 +19,8 @@ use crate::{
 pub struct App {
     listener: TcpListener,
     gateway: Arc<Gateway>,
-    writer: Option<Arc<Writer>>,
+    /// One writer per loop: (outbox stream, its writer).
+    writers: Vec<(String, Writer)>,
     config: ServeConfig,
 }
 
@@ -67,20 +68,27 @@ impl App {
             redis_config.redis_pool_size,
             redis_config.redis_timeout,
         )?;
-        if !config.writer.no_writer && redis_config.redis_pool_size <= usize::from(shards.count()) {
+        let consumers = if config.writer.no_writer {
+            0
+        } else {
+            config.writer.writer_consumers
+        };
+        let loops = usize::from(shards.count()) * usize::from(consumers);
+        if loops > 0 && redis_config.redis_pool_size <= loops {
             bail!(
-                "VG_REDIS_POOL_SIZE ({}) must exceed the shard count ({}): each shard's writer holds a connection",
-                redis_config.redis_pool_size,
-                shards.count()
+                "VG_REDIS_POOL_SIZE ({}) must exceed shards x writer consumers ({loops}): \
+                 each writer loop holds a connection",
+                redis_config.redis_pool_size
             );
         }
-        let writer = (!config.writer.no_writer).then(|| {
-            Arc::new(Writer::new(
-                pool.clone(),
-                db.clone(),
-                config.writer_settings(),
-            ))
-        });
+        let writers = shards
+            .outboxes()
+            .flat_map(|outbox| (0..consumers).map(move |_| outbox.clone()))
+            .map(|outbox| {
+                let writer = Writer::new(pool.clone(), db.clone(), config.writer_settings());
+                (outbox, writer)
+            })
+            .collect();
         let gateway = Arc::new(Gateway::new(manager, pool, db, shards, config.absent_ttl));
         let listener = TcpListener::bind(config.listen)
             .await
@@ -88,7 +96,7 @@ impl App {
         Ok(Self {
             listener,
             gateway,
-            writer,
+            writers,
             config,
         })
     }
@@ -111,14 +119,13 @@ impl App {
     ) -> anyhow::Result<()> {
         let cancel = CancellationToken::new();
         let tasks = TaskTracker::new();
-        if let Some(writer) = &self.writer {
-            for outbox in self.gateway.shards().outboxes() {
-                let (writer, cancel) = (writer.clone(), cancel.clone());
-                tasks.spawn(async move { writer.run(outbox, cancel).await });
-            }
+        let address = self.local_addr();
+        for (outbox, writer) in self.writers {
+            let cancel = cancel.clone();
+            tasks.spawn(async move { writer.run(outbox, cancel).await });
         }
         tasks.close();
-        tracing::info!(address = %self.local_addr(), shards = self.gateway.shards().count(), "serving");
+        tracing::info!(%address, shards = self.gateway.shards().count(), "serving");
 
         let router = http::router(self.gateway.clone());
         let stopping = CancellationToken::new();

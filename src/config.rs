@@ -83,8 +83,8 @@ pub struct RedisConfig {
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
     /// Connections in the pool for the writers and hydration (the redeem path shares one
-    /// multiplexed connection). Needs at least one per shard plus headroom.
-    #[arg(long, env = "VG_REDIS_POOL_SIZE", default_value_t = 32)]
+    /// multiplexed connection). Needs one per writer loop (shards x consumers) plus headroom.
+    #[arg(long, env = "VG_REDIS_POOL_SIZE", default_value_t = 48)]
     pub redis_pool_size: usize,
     /// Longest wait for a Redis connection or reply; past it a redeem answers 503.
     #[arg(long, env = "VG_REDIS_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
@@ -102,6 +102,9 @@ pub struct WriterConfig {
     /// How long an outbox entry may stay pending with one writer before another claims it.
     #[arg(long, env = "VG_CLAIM_IDLE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub claim_idle_timeout: Duration,
+    /// Writer loops per shard; two let one read and acknowledge while the other commits.
+    #[arg(long, env = "VG_WRITER_CONSUMERS", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=16))]
+    pub writer_consumers: u16,
     /// Do not run outbox writers in this process (another process writes).
     #[arg(long, env = "VG_NO_WRITER")]
     pub no_writer: bool,

@@ -3,7 +3,10 @@
 //! transaction (retrying PostgreSQL with backoff, never dropping), then acknowledges and deletes
 //! them. Entries stay pending until committed, so a crash at any point loses nothing.
 
-use std::time::Duration;
+use std::{
+    sync::Mutex,
+    time::{Duration, Instant},
+};
 
 use anyhow::Context;
 use redis::{
@@ -43,6 +46,7 @@ pub struct Writer {
     db: PgPool,
     consumer: String,
     settings: WriterSettings,
+    last_claim: Mutex<Option<Instant>>,
 }
 
 impl Writer {
@@ -58,6 +62,7 @@ impl Writer {
             db,
             consumer,
             settings,
+            last_claim: Mutex::new(None),
         }
     }
 
@@ -105,10 +110,15 @@ impl Writer {
         }
     }
 
-    /// One batch: claimed stale entries if there are any, else new ones; stored and acknowledged.
+    /// One batch: claimed stale entries when a claim is due and finds some, else new ones;
+    /// stored and acknowledged.
     /// Returns how many entries it handled.
     pub async fn step(&self, outbox: &str, cancel: &CancellationToken) -> anyhow::Result<usize> {
-        let mut entries = self.claim(outbox).await?;
+        let mut entries = if self.claim_due() {
+            self.claim(outbox).await?
+        } else {
+            Vec::new()
+        };
         if entries.is_empty() {
             entries = self.read(outbox).await?;
         }
@@ -141,6 +151,20 @@ impl Writer {
             entries.extend(parse_read(reply));
         }
         Ok(entries)
+    }
+
+    /// Whether a claim is due: every half `claim_idle`, since a claim scans the pending list,
+    /// which holds the other consumers' batches in flight.
+    fn claim_due(&self) -> bool {
+        let mut last = self
+            .last_claim
+            .lock()
+            .expect("the claim clock is never poisoned");
+        let due = last.is_none_or(|at| at.elapsed() >= self.settings.claim_idle / 2);
+        if due {
+            *last = Some(Instant::now());
+        }
+        due
     }
 
     /// Takes over entries that another consumer has held for longer than `claim_idle`.

@@ -1,7 +1,7 @@
 //! Persisting a batch of outbox entries: one transaction, campaign rows locked once in id order,
 //! every entry classified (insert, already stored, refused) before anything is written.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use sqlx::PgPool;
 use time::OffsetDateTime;
@@ -81,23 +81,20 @@ pub async fn store_batch(
     .into_iter()
     .collect();
 
-    let (campaigns, users): (Vec<Uuid>, Vec<&str>) = entries
+    // Redeliveries and refusals are rare: when every campaign has room for all its entries, skip
+    // looking up stored holders and let the insert's conflicts point at the few that need it.
+    let mut wanted: HashMap<Uuid, i32> = HashMap::new();
+    for entry in entries {
+        *wanted.entry(entry.campaign).or_default() += 1;
+    }
+    let fits = wanted
         .iter()
-        .map(|e| (e.campaign, e.user.as_str()))
-        .unzip();
-    let stored: HashMap<(Uuid, String), String> = sqlx::query_as::<_, (Uuid, String, String)>(
-        "select r.campaign_id, r.user_id, r.idempotency_key
-         from redemptions r
-         join unnest($1::uuid[], $2::text[]) as b (campaign_id, user_id)
-           on r.campaign_id = b.campaign_id and r.user_id = b.user_id",
-    )
-    .bind(&campaigns)
-    .bind(&users)
-    .fetch_all(&mut *tx)
-    .await?
-    .into_iter()
-    .map(|(campaign, user, key)| ((campaign, user), key))
-    .collect();
+        .all(|(campaign, n)| capacity.get(campaign).is_some_and(|left| left >= n));
+    let stored = if fits {
+        HashMap::new()
+    } else {
+        select_holders(&mut tx, entries.iter()).await?
+    };
 
     let mut verdicts = classify(entries, capacity, stored);
     let to_insert: Vec<&OutboxEntry> = entries
@@ -126,17 +123,30 @@ pub async fn store_batch(
     .fetch_all(&mut *tx)
     .await?;
 
-    // The user rows were checked above under the campaign lock, so an insert that did not happen
-    // collided on the voucher number.
+    // An entry that did not insert is a redelivery of a stored holder, a second key of a holder,
+    // or a voucher number already held by someone else.
     if inserted.len() < to_insert.len() {
-        let inserted: std::collections::HashSet<(Uuid, &str)> =
+        let inserted: HashSet<(Uuid, &str)> =
             inserted.iter().map(|(c, u)| (*c, u.as_str())).collect();
-        for (entry, verdict) in entries.iter().zip(verdicts.iter_mut()) {
-            if *verdict == Verdict::Insert
+        let missed = |(entry, verdict): &(&OutboxEntry, &mut Verdict)| {
+            **verdict == Verdict::Insert
                 && !inserted.contains(&(entry.campaign, entry.user.as_str()))
-            {
-                *verdict = Verdict::Reject(RejectReason::SeqTaken);
-            }
+        };
+        let holders = select_holders(
+            &mut tx,
+            entries
+                .iter()
+                .zip(verdicts.iter_mut())
+                .filter(missed)
+                .map(|(e, _)| e),
+        )
+        .await?;
+        for (entry, verdict) in entries.iter().zip(verdicts.iter_mut()).filter(missed) {
+            *verdict = match holders.get(&(entry.campaign, entry.user.clone())) {
+                Some(key) if *key == entry.key => Verdict::AlreadyStored,
+                Some(_) => Verdict::Reject(RejectReason::UserHoldsOtherKey),
+                None => Verdict::Reject(RejectReason::SeqTaken),
+            };
         }
     }
 
@@ -184,6 +194,29 @@ pub async fn store_batch(
             .count() as u64,
         rejected: rejected.len() as u64,
     })
+}
+
+/// The stored idempotency key of each (campaign, user) among `entries` that holds a voucher.
+async fn select_holders<'a>(
+    tx: &mut sqlx::PgConnection,
+    entries: impl Iterator<Item = &'a OutboxEntry>,
+) -> Result<HashMap<(Uuid, String), String>, sqlx::Error> {
+    let (campaigns, users): (Vec<Uuid>, Vec<&str>) =
+        entries.map(|e| (e.campaign, e.user.as_str())).unzip();
+    let rows: Vec<(Uuid, String, String)> = sqlx::query_as(
+        "select r.campaign_id, r.user_id, r.idempotency_key
+         from redemptions r
+         join unnest($1::uuid[], $2::text[]) as b (campaign_id, user_id)
+           on r.campaign_id = b.campaign_id and r.user_id = b.user_id",
+    )
+    .bind(&campaigns)
+    .bind(&users)
+    .fetch_all(tx)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(campaign, user, key)| ((campaign, user), key))
+        .collect())
 }
 
 /// Decides each entry in stream order: a holder's own key again is a no-op, another key is
