@@ -1,9 +1,10 @@
 //! Domain types that parse once at the edge: a value of one of these types is valid by
 //! construction, so nothing behind the HTTP layer validates again.
 
+#[macro_use]
+mod text;
 mod campaign;
 mod redemption;
-mod text;
 
 pub use campaign::{CampaignId, CampaignName, Total};
 pub use redemption::{IdempotencyKey, Outcome, UserId};

@@ -1,53 +1,13 @@
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use super::{DomainError, text};
-
-/// The client's id of the person redeeming: 1 to 128 characters, kept exactly as sent.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
-#[serde(try_from = "String")]
-pub struct UserId(String);
-
-impl UserId {
-    pub const MAX_CHARS: usize = 128;
-
-    pub fn parse(value: &str) -> Result<Self, DomainError> {
-        text::checked(value.to_owned(), Self::MAX_CHARS).map(Self)
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
+text_value! {
+    /// The client's id of the person redeeming: 1 to 128 characters, kept exactly as sent.
+    UserId, 128
 }
 
-impl TryFrom<String> for UserId {
-    type Error = DomainError;
-    fn try_from(value: String) -> Result<Self, Self::Error> {
-        text::checked(value, Self::MAX_CHARS).map(Self)
-    }
-}
-
-/// The client's key for one redeem attempt and its retries: 1 to 255 characters.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
-#[serde(try_from = "String")]
-pub struct IdempotencyKey(String);
-
-impl IdempotencyKey {
-    pub const MAX_CHARS: usize = 255;
-
-    pub fn parse(value: &str) -> Result<Self, DomainError> {
-        text::checked(value.to_owned(), Self::MAX_CHARS).map(Self)
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl TryFrom<String> for IdempotencyKey {
-    type Error = DomainError;
-    fn try_from(value: String) -> Result<Self, Self::Error> {
-        text::checked(value, Self::MAX_CHARS).map(Self)
-    }
+text_value! {
+    /// The client's key for one redeem attempt and its retries: 1 to 255 characters.
+    IdempotencyKey, 255
 }
 
 /// What a redeem decided. `Redeemed { replayed: true }` answers a retry of the request that took
@@ -79,6 +39,7 @@ impl Serialize for Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::DomainError;
 
     #[test]
     fn a_user_id_is_kept_exactly_as_sent() {

@@ -16,3 +16,33 @@ pub(super) fn checked(value: String, max: usize) -> Result<String, DomainError> 
     }
     Ok(value)
 }
+
+/// Declares a text value type checked by `checked` with `max` characters and kept as sent, that
+/// deserializes only through the check.
+macro_rules! text_value {
+    ($(#[$doc:meta])* $name:ident, $max:expr) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Deserialize)]
+        #[serde(try_from = "String")]
+        pub struct $name(String);
+
+        impl $name {
+            pub const MAX_CHARS: usize = $max;
+
+            pub fn parse(value: &str) -> Result<Self, $crate::domain::DomainError> {
+                Self::try_from(value.to_owned())
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = $crate::domain::DomainError;
+            fn try_from(value: String) -> Result<Self, Self::Error> {
+                $crate::domain::text::checked(value, Self::MAX_CHARS).map(Self)
+            }
+        }
+    };
+}

@@ -40,6 +40,14 @@ pub fn test_config() -> ServeConfig {
     config
 }
 
+/// Test settings against a private Redis; with `writer` off, every redemption stays in the outbox.
+pub fn private_redis_config(redis: &RedisServer, writer: bool) -> ServeConfig {
+    let mut config = test_config();
+    config.redis.redis_url = redis.url();
+    config.writer.no_writer = !writer;
+    config
+}
+
 pub struct TestApp {
     pub address: String,
     pub client: reqwest::Client,

@@ -3,7 +3,7 @@
 use futures::future::join_all;
 use redis::AsyncCommands;
 
-use crate::helpers::{RedisServer, TestApp, stored, test_config};
+use crate::helpers::{RedisServer, TestApp, private_redis_config, stored};
 
 async fn forget(app: &TestApp, id: voucher_gateway::domain::CampaignId) {
     let keys = app.keys(id);
@@ -46,10 +46,7 @@ async fn a_campaign_deleted_from_redis_answers_as_before() {
 async fn entries_still_in_the_outbox_count_when_hydrating() {
     // No writer: every redemption stays in the outbox, none reaches PostgreSQL.
     let redis = RedisServer::start();
-    let mut config = test_config();
-    config.redis.redis_url = redis.url();
-    config.writer.no_writer = true;
-    let app = TestApp::spawn_with(config).await;
+    let app = TestApp::spawn_with(private_redis_config(&redis, false)).await;
     let id = app.create_campaign(10).await;
     for n in 0..3 {
         app.redeem(id, format!("user-{n}"), "k").await;

@@ -5,14 +5,12 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::helpers::{RedisServer, TestApp, test_config};
+use crate::helpers::{RedisServer, TestApp, private_redis_config};
 
 #[tokio::test]
 async fn redis_down_is_a_503_with_retry_after_and_redis_back_empty_recovers() {
     let mut redis = RedisServer::start();
-    let mut config = test_config();
-    config.redis.redis_url = redis.url();
-    let app = TestApp::spawn_with(config).await;
+    let app = TestApp::spawn_with(private_redis_config(&redis, true)).await;
     let id = app.create_campaign(10).await;
     assert_eq!(app.redeem(id, "early", "k").await.outcome(), "REDEEMED");
     app.wait_persisted(id, 1).await;

@@ -10,7 +10,9 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use voucher_gateway::writer::Writer;
 
-use crate::helpers::{PgServer, RedisServer, TestApp, stored, test_config, wait_persisted};
+use crate::helpers::{
+    PgServer, RedisServer, TestApp, private_redis_config, stored, test_config, wait_persisted,
+};
 
 #[tokio::test]
 async fn postgres_holds_exactly_the_redeemed_set_after_the_writer_drains() {
@@ -46,9 +48,7 @@ async fn postgres_holds_exactly_the_redeemed_set_after_the_writer_drains() {
 #[tokio::test]
 async fn entries_of_a_consumer_killed_between_read_and_ack_are_claimed_and_stored_once() {
     let redis = RedisServer::start();
-    let mut config = test_config();
-    config.redis.redis_url = redis.url();
-    config.writer.no_writer = true;
+    let config = private_redis_config(&redis, false);
     let app = TestApp::spawn_with(config.clone()).await;
     let id = app.create_campaign(100).await;
     for n in 0..40 {
