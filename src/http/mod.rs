@@ -10,8 +10,10 @@ use std::sync::Arc;
 use axum::{
     Router,
     extract::DefaultBodyLimit,
+    response::{IntoResponse, Response},
     routing::{get, post},
 };
+use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::gateway::Gateway;
 use error::ApiError;
@@ -27,5 +29,12 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .fallback(async || ApiError::NotFound)
         .method_not_allowed_fallback(async || ApiError::MethodNotAllowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(CatchPanicLayer::custom(panic_response))
         .with_state(gateway)
+}
+
+/// A bug must cost one request a 500 problem, not the connection.
+fn panic_response(_: Box<dyn std::any::Any + Send>) -> Response {
+    tracing::error!("a request handler panicked");
+    ApiError::Internal.into_response()
 }
