@@ -107,10 +107,6 @@ impl App {
             .expect("a bound listener has an address")
     }
 
-    pub fn gateway(&self) -> Arc<Gateway> {
-        self.gateway.clone()
-    }
-
     /// Serves until `shutdown` resolves, then stops accepting, finishes requests in flight, and
     /// lets each writer commit the batch it holds, all within the shutdown timeout.
     pub async fn run(

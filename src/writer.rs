@@ -66,10 +66,6 @@ impl Writer {
         }
     }
 
-    pub fn consumer(&self) -> &str {
-        &self.consumer
-    }
-
     /// Runs steps on one outbox until `cancel`; the batch in hand is committed before returning.
     pub async fn run(&self, outbox: String, cancel: CancellationToken) {
         let mut backoff = BACKOFF_MIN;

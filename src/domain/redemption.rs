@@ -1,5 +1,3 @@
-use serde::Serialize;
-
 text_value! {
     /// The client's id of the person redeeming: 1 to 128 characters, kept exactly as sent.
     UserId, 128
@@ -11,29 +9,12 @@ text_value! {
 }
 
 /// What a redeem decided. `Redeemed { replayed: true }` answers a retry of the request that took
-/// the voucher; the client sees the same status either way.
+/// the voucher; the client sees the same status either way (the HTTP layer names them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Redeemed { replayed: bool },
     AlreadyRedeemed,
     SoldOut,
-}
-
-impl Outcome {
-    /// The wire name of the outcome, as the API contract spells it.
-    pub fn status(&self) -> &'static str {
-        match self {
-            Outcome::Redeemed { .. } => "REDEEMED",
-            Outcome::AlreadyRedeemed => "ALREADY_REDEEMED",
-            Outcome::SoldOut => "SOLD_OUT",
-        }
-    }
-}
-
-impl Serialize for Outcome {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(self.status())
-    }
 }
 
 #[cfg(test)]
@@ -75,11 +56,5 @@ mod tests {
             IdempotencyKey::parse("a\nb"),
             Err(DomainError::ControlCharacter)
         );
-    }
-
-    #[test]
-    fn outcomes_serialize_to_their_contract_names() {
-        let json = serde_json::to_string(&Outcome::Redeemed { replayed: true }).unwrap();
-        assert_eq!(json, r#""REDEEMED""#);
     }
 }
