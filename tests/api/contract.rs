@@ -117,19 +117,8 @@ async fn an_unknown_campaign_is_a_404_problem() {
     let app = TestApp::spawn().await;
     let id = uuid::Uuid::new_v4();
 
-    let summary = app
-        .client
-        .get(app.url(&format!("/campaigns/{id}")))
-        .send()
-        .await
-        .unwrap();
-    let redeem = app
-        .client
-        .post(app.url(&format!("/campaigns/{id}/redeem")))
-        .json(&json!({"userId": "u", "idempotencyKey": "k"}))
-        .send()
-        .await
-        .unwrap();
+    let summary = app.get_campaign(id).await;
+    let redeem = app.post_redeem(id, "u", "k").await;
 
     for response in [summary, redeem] {
         assert_eq!(response.status(), StatusCode::NOT_FOUND);

@@ -133,14 +133,7 @@ impl TestApp {
         user: impl Into<String>,
         key: impl Into<String>,
     ) -> Answer {
-        let (user, key) = (user.into(), key.into());
-        let response = self
-            .client
-            .post(self.url(&format!("/campaigns/{id}/redeem")))
-            .json(&json!({"userId": user, "idempotencyKey": key}))
-            .send()
-            .await
-            .unwrap();
+        let response = self.post_redeem(id, &user.into(), &key.into()).await;
         Answer {
             status: response.status(),
             replayed: response.headers().get("idempotent-replayed").is_some(),
@@ -148,13 +141,32 @@ impl TestApp {
         }
     }
 
-    pub async fn summary(&self, id: CampaignId) -> Value {
-        let response = self
-            .client
+    /// `GET /campaigns/{id}` as it comes, for tests of error answers; any id text.
+    pub async fn get_campaign(&self, id: impl std::fmt::Display) -> reqwest::Response {
+        self.client
             .get(self.url(&format!("/campaigns/{id}")))
             .send()
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    /// `POST /campaigns/{id}/redeem` as it comes, for tests of error answers; any id text.
+    pub async fn post_redeem(
+        &self,
+        id: impl std::fmt::Display,
+        user: &str,
+        key: &str,
+    ) -> reqwest::Response {
+        self.client
+            .post(self.url(&format!("/campaigns/{id}/redeem")))
+            .json(&json!({"userId": user, "idempotencyKey": key}))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn summary(&self, id: CampaignId) -> Value {
+        let response = self.get_campaign(id).await;
         assert_eq!(response.status(), StatusCode::OK);
         response.json().await.unwrap()
     }

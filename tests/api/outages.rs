@@ -16,19 +16,8 @@ async fn redis_down_is_a_503_with_retry_after_and_redis_back_empty_recovers() {
     app.wait_persisted(id, 1).await;
 
     redis.kill();
-    let redeem = app
-        .client
-        .post(app.url(&format!("/campaigns/{id}/redeem")))
-        .json(&serde_json::json!({"userId": "during", "idempotencyKey": "k"}))
-        .send()
-        .await
-        .unwrap();
-    let summary = app
-        .client
-        .get(app.url(&format!("/campaigns/{id}")))
-        .send()
-        .await
-        .unwrap();
+    let redeem = app.post_redeem(id, "during", "k").await;
+    let summary = app.get_campaign(id).await;
 
     for response in [redeem, summary] {
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
