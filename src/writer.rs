@@ -68,7 +68,7 @@ impl Writer {
 
     /// Runs steps on one outbox until `cancel`; the batch in hand is committed before returning.
     pub async fn run(&self, outbox: String, cancel: CancellationToken) {
-        let mut backoff = BACKOFF_MIN;
+        let mut backoff = Backoff::default();
         let mut group_ready = false;
         while !cancel.is_cancelled() {
             let result = async {
@@ -80,16 +80,15 @@ impl Writer {
             }
             .await;
             match result {
-                Ok(_) => backoff = BACKOFF_MIN,
+                Ok(_) => backoff = Backoff::default(),
                 Err(error) => {
                     // The stream and its group vanish with a Redis that restarted empty.
                     group_ready = false;
                     tracing::warn!(%outbox, error = format!("{error:#}"), "writer step failed; retrying");
                     tokio::select! {
                         () = cancel.cancelled() => break,
-                        () = tokio::time::sleep(backoff) => {}
+                        () = tokio::time::sleep(backoff.next()) => {}
                     }
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
                 }
             }
         }
@@ -190,10 +189,16 @@ impl Writer {
         entries: &[OutboxEntry],
         cancel: &CancellationToken,
     ) -> anyhow::Result<BatchSummary> {
-        let mut backoff = BACKOFF_MIN;
+        let mut backoff = Backoff::default();
         loop {
             match store::store_batch(&self.db, entries).await {
                 Ok(summary) => {
+                    tracing::debug!(
+                        inserted = summary.inserted,
+                        already_stored = summary.already_stored,
+                        rejected = summary.rejected,
+                        "batch stored"
+                    );
                     if summary.rejected > 0 {
                         tracing::error!(
                             rejected = summary.rejected,
@@ -206,9 +211,8 @@ impl Writer {
                     tracing::warn!(%error, entries = entries.len(), "storing a batch failed; retrying");
                     tokio::select! {
                         () = cancel.cancelled() => return Err(error).context("stopped before the batch was stored"),
-                        () = tokio::time::sleep(backoff) => {}
+                        () = tokio::time::sleep(backoff.next()) => {}
                     }
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
                 }
             }
         }
@@ -219,6 +223,23 @@ impl Writer {
         let mut con = self.redis.get().await?;
         scripts::ack(&mut con, outbox, &ids).await?;
         Ok(())
+    }
+}
+
+/// Pauses between retries: doubling from `BACKOFF_MIN` up to `BACKOFF_MAX`.
+struct Backoff(Duration);
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self(BACKOFF_MIN)
+    }
+}
+
+impl Backoff {
+    fn next(&mut self) -> Duration {
+        let pause = self.0;
+        self.0 = (self.0 * 2).min(BACKOFF_MAX);
+        pause
     }
 }
 
