@@ -2,10 +2,11 @@
 -- Called in two phases so that a campaign with a million holders loads in bounded chunks:
 -- 'users' chunks first, then one 'commit' that makes the campaign visible to redeem.lua.
 --
--- KEYS[1]  {vg:N}:c:<campaign>  hash: total, remaining, name
+-- KEYS[1]  {vg:N}:c:<campaign>  hash: total, remaining, name, seq
 -- KEYS[2]  {vg:N}:u:<campaign>  hash: userId -> idempotencyKey
 -- ARGV[1] = 'users'   ARGV[2..]: userId, idempotencyKey pairs
 -- ARGV[1] = 'commit'  ARGV[2]: total  ARGV[3]: name  ARGV[4]: distinct holders the caller loaded
+--                     ARGV[5]: the highest voucher number known given (the next one is above it)
 --
 -- Returns:
 --   0  the campaign is already loaded (another gateway won); nothing written
@@ -36,5 +37,6 @@ local remaining = total - holders
 if remaining < 0 then
     remaining = 0
 end
-redis.call('HSET', KEYS[1], 'total', total, 'remaining', remaining, 'name', ARGV[3])
+redis.call('HSET', KEYS[1], 'total', total, 'remaining', remaining, 'name', ARGV[3],
+    'seq', ARGV[5])
 return 1

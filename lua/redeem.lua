@@ -1,17 +1,21 @@
 -- redeem.lua: decide one redeem atomically and queue it for PostgreSQL.
 --
--- KEYS[1]  {vg:N}:c:<campaign>  hash: total, remaining, name
+-- KEYS[1]  {vg:N}:c:<campaign>  hash: total, remaining, name, seq (the last voucher number given)
 -- KEYS[2]  {vg:N}:u:<campaign>  hash: userId -> idempotencyKey of that user's redemption
 -- KEYS[3]  {vg:N}:outbox        stream: one entry per voucher taken
 -- ARGV[1]  campaign id          ARGV[2] userId          ARGV[3] idempotencyKey
 --
--- Returns one integer, the decision:
+-- Returns {decision} or, for a new redemption, {1, seq}:
 --   campaign state missing           -> 0 NOT_LOADED        (caller hydrates from PostgreSQL, retries)
 --   users[userId] == key             -> 2 REDEEMED, replay  (the request that redeemed, again)
 --   users[userId] exists, != key     -> 3 ALREADY_REDEEMED
 --   remaining == 0                   -> 4 SOLD_OUT
 --   otherwise                        -> 1 REDEEMED: remaining -= 1, users[userId] = key,
---                                       XADD outbox {campaign, user, key, seq, at}
+--                                       seq += 1, XADD outbox {campaign, user, key, seq, at}
+--
+-- Voucher numbers come from their own counter rather than from total - remaining: after Redis
+-- lost state, hydration restarts the counter above every number ever given, so a number is never
+-- handed out twice and the numbers lost with Redis stay visible as gaps (reconcile counts them).
 --
 -- State only moves one way (remaining never grows, a user never leaves users), so the answer for a
 -- (campaign, user, key) never changes once given: no per-key reply cache is needed. Everything is
@@ -19,29 +23,28 @@
 
 local remaining = redis.call('HGET', KEYS[1], 'remaining')
 if not remaining then
-    return 0
+    return {0}
 end
 
 local held = redis.call('HGET', KEYS[2], ARGV[2])
 if held then
     if held == ARGV[3] then
-        return 2
+        return {2}
     end
-    return 3
+    return {3}
 end
 
 remaining = tonumber(remaining)
 if remaining <= 0 then
-    return 4
+    return {4}
 end
 
-local total = tonumber(redis.call('HGET', KEYS[1], 'total'))
 local now = redis.call('TIME')
 local at_ms = now[1] * 1000 + math.floor(now[2] / 1000)
 
 redis.call('HSET', KEYS[1], 'remaining', remaining - 1)
+local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
 redis.call('XADD', KEYS[3], '*',
-    'campaign', ARGV[1], 'user', ARGV[2], 'key', ARGV[3],
-    'seq', total - remaining + 1, 'at', at_ms)
-return 1
+    'campaign', ARGV[1], 'user', ARGV[2], 'key', ARGV[3], 'seq', seq, 'at', at_ms)
+return {1, seq}

@@ -1,16 +1,21 @@
 //! The gateway's operations, independent of HTTP: create a campaign, redeem, read a summary, and
 //! hydrate a campaign's Redis state from PostgreSQL when Redis does not hold it.
 
-use std::{collections::HashSet, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
-use redis::{AsyncCommands, aio::ConnectionManager, streams::StreamRangeReply};
+use redis::aio::ConnectionManager;
 use serde::Serialize;
 use sqlx::PgPool;
 
 use crate::{
     domain::{CampaignId, CampaignName, IdempotencyKey, Outcome, Total, UserId},
     redis::{
-        keys::{CampaignKeys, Shards},
+        keys::Shards,
+        outbox,
         scripts::{self, Decision, Hydration},
     },
     store,
@@ -74,6 +79,10 @@ pub struct Gateway {
     /// Single-flight hydration per campaign, and unknown ids remembered as absent for a while,
     /// so neither a crowd on one cold campaign nor a flood of random ids hammers PostgreSQL.
     lookups: moka::future::Cache<CampaignId, Presence>,
+    /// The highest voucher number this process has answered per campaign. If Redis loses its
+    /// data, hydration restarts numbering above it, so the acknowledged numbers that never
+    /// reached PostgreSQL remain visible as gaps for reconcile to count.
+    answered: Mutex<HashMap<CampaignId, i64>>,
 }
 
 impl Gateway {
@@ -94,6 +103,7 @@ impl Gateway {
             db,
             shards,
             lookups,
+            answered: Mutex::default(),
         }
     }
 
@@ -112,7 +122,8 @@ impl Gateway {
         let row = store::insert_campaign(&self.db, id, &name, total).await?;
         let keys = self.shards.campaign(id);
         let mut con = self.redis.clone();
-        if let Err(error) = scripts::hydrate_commit(&mut con, &keys, row.total, &row.name, 0).await
+        if let Err(error) =
+            scripts::hydrate_commit(&mut con, &keys, row.total, &row.name, 0, 0).await
         {
             tracing::warn!(%id, %error, "campaign stored but not loaded into Redis; it loads on first use");
         }
@@ -137,7 +148,10 @@ impl Gateway {
         for _ in 0..LOAD_ATTEMPTS {
             match scripts::redeem(&mut con, &keys, id, user, key).await? {
                 Decision::NotLoaded => self.ensure_loaded(id).await?,
-                Decision::Redeemed => return Ok(Outcome::Redeemed { replayed: false }),
+                Decision::Redeemed { seq } => {
+                    self.record_answered(id, seq);
+                    return Ok(Outcome::Redeemed { replayed: false });
+                }
                 Decision::Replayed => return Ok(Outcome::Redeemed { replayed: true }),
                 Decision::AlreadyRedeemed => return Ok(Outcome::AlreadyRedeemed),
                 Decision::SoldOut => return Ok(Outcome::SoldOut),
@@ -173,6 +187,17 @@ impl Gateway {
         Err(GatewayError::Unstable(id))
     }
 
+    fn record_answered(&self, id: CampaignId, seq: i64) {
+        let mut answered = self.answered.lock().expect("never poisoned");
+        let highest = answered.entry(id).or_default();
+        *highest = (*highest).max(seq);
+    }
+
+    fn highest_answered(&self, id: CampaignId) -> i64 {
+        let answered = self.answered.lock().expect("never poisoned");
+        answered.get(&id).copied().unwrap_or(0)
+    }
+
     /// Hydrates a campaign once per process at a time; `NotFound` if PostgreSQL does not know it.
     async fn ensure_loaded(&self, id: CampaignId) -> Result<(), GatewayError> {
         let presence = self
@@ -198,10 +223,19 @@ impl Gateway {
         for _ in 0..LOAD_ATTEMPTS {
             // The outbox must be read before PostgreSQL: an entry the writer deletes meanwhile
             // was committed before it was deleted, so the PostgreSQL read that follows sees it.
-            let queued = queued_holders(&mut con, &keys, id).await?;
+            let queued = outbox::queued_entries(&mut con, &keys.outbox, id).await?;
             let Some(campaign) = store::select_campaign(&self.db, id).await? else {
                 return Ok(Presence::Absent);
             };
+            let last_seq = [campaign.last_seq, self.highest_answered(id)]
+                .into_iter()
+                .chain(queued.iter().map(|entry| i64::from(entry.seq)))
+                .max()
+                .unwrap_or(0);
+            let queued: Vec<(String, String)> = queued
+                .into_iter()
+                .map(|entry| (entry.user, entry.key))
+                .collect();
             let queued_users: HashSet<&str> =
                 queued.iter().map(|(user, _)| user.as_str()).collect();
             let mut distinct = queued_users.len();
@@ -226,11 +260,17 @@ impl Gateway {
                     return Ok(Presence::Loaded);
                 }
             }
-            match scripts::hydrate_commit(&mut con, &keys, campaign.total, &campaign.name, distinct)
-                .await?
-            {
+            let commit = scripts::hydrate_commit(
+                &mut con,
+                &keys,
+                campaign.total,
+                &campaign.name,
+                distinct,
+                last_seq,
+            );
+            match commit.await? {
                 Hydration::Written => {
-                    tracing::info!(%id, holders = distinct, "campaign hydrated from PostgreSQL");
+                    tracing::info!(%id, holders = distinct, last_seq, "campaign hydrated from PostgreSQL");
                     return Ok(Presence::Loaded);
                 }
                 Hydration::AlreadyLoaded => return Ok(Presence::Loaded),
@@ -239,27 +279,4 @@ impl Gateway {
         }
         Err(GatewayError::Unstable(id))
     }
-}
-
-/// The (user, key) pairs of a campaign's entries still in its shard's outbox, read or not.
-async fn queued_holders(
-    con: &mut deadpool_redis::Connection,
-    keys: &CampaignKeys,
-    id: CampaignId,
-) -> Result<Vec<(String, String)>, redis::RedisError> {
-    let campaign = id.to_string();
-    let mut holders = Vec::new();
-    let mut start = "-".to_owned();
-    loop {
-        let page: StreamRangeReply = con
-            .xrange_count(&keys.outbox, &start, "+", store::HOLDERS_CHUNK)
-            .await?;
-        let Some(last) = page.ids.last() else { break };
-        start = format!("({}", last.id);
-        holders.extend(page.ids.iter().filter_map(|entry| {
-            let of_campaign = entry.get::<String>("campaign")? == campaign;
-            of_campaign.then(|| Some((entry.get("user")?, entry.get("key")?)))?
-        }));
-    }
-    Ok(holders)
 }

@@ -11,17 +11,14 @@ use std::{
 use anyhow::Context;
 use redis::{
     AsyncCommands,
-    streams::{
-        StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamReadOptions, StreamReadReply,
-    },
+    streams::{StreamAutoClaimOptions, StreamAutoClaimReply, StreamReadOptions, StreamReadReply},
 };
 use sqlx::PgPool;
-use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::{
-    redis::{keys::WRITER_GROUP, scripts},
+    redis::{keys::WRITER_GROUP, outbox, scripts},
     store::{self, BatchSummary, OutboxEntry},
 };
 
@@ -179,7 +176,7 @@ impl Writer {
         if !reply.claimed.is_empty() {
             tracing::info!(%outbox, count = reply.claimed.len(), "claimed entries of a stalled consumer");
         }
-        Ok(parse_entries(reply.claimed))
+        Ok(outbox::parse_entries(reply.claimed))
     }
 
     /// Stores a batch, retrying PostgreSQL errors with backoff until it commits or `cancel`
@@ -247,31 +244,6 @@ fn parse_read(reply: Option<StreamReadReply>) -> Vec<OutboxEntry> {
     reply
         .into_iter()
         .flat_map(|reply| reply.keys)
-        .flat_map(|key| parse_entries(key.ids))
+        .flat_map(|key| outbox::parse_entries(key.ids))
         .collect()
-}
-
-fn parse_entries(ids: Vec<StreamId>) -> Vec<OutboxEntry> {
-    ids.into_iter()
-        .filter_map(|entry| {
-            let parsed = parse_entry(&entry);
-            if parsed.is_none() {
-                // Not written by redeem.lua; storing it is impossible and retrying it pointless.
-                tracing::error!(id = %entry.id, "malformed outbox entry left pending");
-            }
-            parsed
-        })
-        .collect()
-}
-
-fn parse_entry(entry: &StreamId) -> Option<OutboxEntry> {
-    let at_ms: i64 = entry.get("at")?;
-    Some(OutboxEntry {
-        id: entry.id.clone(),
-        campaign: Uuid::try_parse(&entry.get::<String>("campaign")?).ok()?,
-        user: entry.get("user")?,
-        key: entry.get("key")?,
-        seq: entry.get("seq")?,
-        at: OffsetDateTime::from_unix_timestamp_nanos(i128::from(at_ms) * 1_000_000).ok()?,
-    })
 }

@@ -18,7 +18,10 @@ static ACK: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("../../
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
     NotLoaded,
-    Redeemed,
+    /// A new redemption, with its voucher number.
+    Redeemed {
+        seq: i64,
+    },
     Replayed,
     AlreadyRedeemed,
     SoldOut,
@@ -32,7 +35,7 @@ pub async fn redeem(
     user: &UserId,
     key: &IdempotencyKey,
 ) -> RedisResult<Decision> {
-    let code: i64 = REDEEM
+    let reply: Vec<i64> = REDEEM
         .key(&keys.campaign)
         .key(&keys.users)
         .key(&keys.outbox)
@@ -41,13 +44,13 @@ pub async fn redeem(
         .arg(key.as_str())
         .invoke_async(con)
         .await?;
-    match code {
-        0 => Ok(Decision::NotLoaded),
-        1 => Ok(Decision::Redeemed),
-        2 => Ok(Decision::Replayed),
-        3 => Ok(Decision::AlreadyRedeemed),
-        4 => Ok(Decision::SoldOut),
-        other => Err(unexpected("redeem.lua", other)),
+    match reply[..] {
+        [0] => Ok(Decision::NotLoaded),
+        [1, seq] => Ok(Decision::Redeemed { seq }),
+        [2] => Ok(Decision::Replayed),
+        [3] => Ok(Decision::AlreadyRedeemed),
+        [4] => Ok(Decision::SoldOut),
+        _ => Err(unexpected("redeem.lua", format!("{reply:?}"))),
     }
 }
 
@@ -76,13 +79,15 @@ pub async fn hydrate_users(
     hydration(invocation.invoke_async(con).await?)
 }
 
-/// Makes a campaign visible to redeems (`hydrate.lua` phase `commit`): remaining = total - holders.
+/// Makes a campaign visible to redeems (`hydrate.lua` phase `commit`): remaining = total - holders,
+/// and the next voucher number above `last_seq`.
 pub async fn hydrate_commit(
     con: &mut impl ConnectionLike,
     keys: &CampaignKeys,
     total: i32,
     name: &str,
     holders_loaded: usize,
+    last_seq: i64,
 ) -> RedisResult<Hydration> {
     let code = HYDRATE
         .key(&keys.campaign)
@@ -91,6 +96,7 @@ pub async fn hydrate_commit(
         .arg(total)
         .arg(name)
         .arg(holders_loaded)
+        .arg(last_seq)
         .invoke_async(con)
         .await?;
     hydration(code)
@@ -112,10 +118,10 @@ pub async fn ack(con: &mut impl ConnectionLike, outbox: &str, ids: &[String]) ->
     invocation.invoke_async(con).await
 }
 
-fn unexpected(script: &str, code: i64) -> redis::RedisError {
+fn unexpected(script: &str, reply: impl std::fmt::Display) -> redis::RedisError {
     redis::RedisError::from((
         redis::ErrorKind::Client,
         "unexpected script reply",
-        format!("{script} returned {code}"),
+        format!("{script} returned {reply}"),
     ))
 }

@@ -10,6 +10,8 @@ pub struct CampaignRow {
     pub name: String,
     pub total: i32,
     pub redeemed: i32,
+    /// The highest voucher number PostgreSQL has seen, stored or refused.
+    pub last_seq: i64,
 }
 
 /// How many holders one hydration step reads and loads.
@@ -23,7 +25,7 @@ pub async fn insert_campaign(
 ) -> Result<CampaignRow, sqlx::Error> {
     sqlx::query_as(
         "insert into campaigns (id, name, total) values ($1, $2, $3)
-         returning id, name, total, redeemed",
+         returning id, name, total, redeemed, 0::bigint as last_seq",
     )
     .bind(id.as_uuid())
     .bind(name.as_str())
@@ -36,10 +38,18 @@ pub async fn select_campaign(
     pool: &PgPool,
     id: CampaignId,
 ) -> Result<Option<CampaignRow>, sqlx::Error> {
-    sqlx::query_as("select id, name, total, redeemed from campaigns where id = $1")
-        .bind(id.as_uuid())
-        .fetch_optional(pool)
-        .await
+    sqlx::query_as(
+        "select id, name, total, redeemed,
+                greatest(
+                    (select max(seq) from redemptions where campaign_id = $1),
+                    (select max(seq) from rejected_redemptions where campaign_id = $1),
+                    0
+                )::bigint as last_seq
+         from campaigns where id = $1",
+    )
+    .bind(id.as_uuid())
+    .fetch_optional(pool)
+    .await
 }
 
 /// One page of a campaign's holders (userId, idempotencyKey) in user order, after `after_user`;

@@ -44,7 +44,7 @@ async fn redeem(
 async fn loaded(con: &mut MultiplexedConnection, total: i32) -> (CampaignId, CampaignKeys) {
     let id = CampaignId::new_random();
     let keys = Shards::new(16).campaign(id);
-    let written = scripts::hydrate_commit(con, &keys, total, "lua test", 0)
+    let written = scripts::hydrate_commit(con, &keys, total, "lua test", 0, 0)
         .await
         .unwrap();
     assert_eq!(written, Hydration::Written);
@@ -95,7 +95,7 @@ async fn each_row_of_the_decision_table() {
 
     assert_eq!(
         redeem(&mut con, &keys, id, "alice", "k1").await,
-        Decision::Redeemed
+        Decision::Redeemed { seq: 1 }
     );
     assert_eq!(
         redeem(&mut con, &keys, id, "alice", "k1").await,
@@ -138,19 +138,19 @@ async fn hydration_commits_once_and_counts_holders() {
     );
     // A commit that expects more holders than Redis has refuses (Redis lost some meanwhile).
     assert_eq!(
-        scripts::hydrate_commit(&mut con, &keys, 5, "n", 3)
+        scripts::hydrate_commit(&mut con, &keys, 5, "n", 3, 7)
             .await
             .unwrap(),
         Hydration::HoldersLost
     );
     assert_eq!(
-        scripts::hydrate_commit(&mut con, &keys, 5, "n", 2)
+        scripts::hydrate_commit(&mut con, &keys, 5, "n", 2, 7)
             .await
             .unwrap(),
         Hydration::Written
     );
     assert_eq!(
-        scripts::hydrate_commit(&mut con, &keys, 5, "n", 2)
+        scripts::hydrate_commit(&mut con, &keys, 5, "n", 2, 7)
             .await
             .unwrap(),
         Hydration::AlreadyLoaded
@@ -170,11 +170,12 @@ async fn hydration_commits_once_and_counts_holders() {
     );
     assert_eq!(
         redeem(&mut con, &keys, id, "c", "3").await,
-        Decision::Redeemed
+        Decision::Redeemed { seq: 8 }
     );
+    // Numbering continues above the highest number known given, never reusing one.
     assert_eq!(
         outbox_entries(&mut con, &keys, id).await,
-        [("c".into(), "3".into(), 3)]
+        [("c".into(), "3".into(), 8)]
     );
 }
 
@@ -197,7 +198,9 @@ async fn a_random_sequence_matches_the_model() {
             None if holders.len() == total as usize => Decision::SoldOut,
             None => {
                 holders.push((user.clone(), key.clone()));
-                Decision::Redeemed
+                Decision::Redeemed {
+                    seq: holders.len() as i64,
+                }
             }
         };
         let actual = redeem(&mut con, &keys, id, &user, &key).await;
