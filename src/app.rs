@@ -41,6 +41,13 @@ pub async fn prepare_database(
         .with_context(|| format!("cannot connect to PostgreSQL at {}", redacted(url)))?;
     if migrate {
         store::migrate(&db).await.context("migrations failed")?;
+    } else {
+        let pending = store::pending_migrations(&db)
+            .await
+            .context("cannot read the applied migrations")?;
+        if !pending.is_empty() {
+            bail!("the database lacks migrations {pending:?}; run `voucher-gateway migrate` first");
+        }
     }
     let recorded = store::recorded_shards(&db, config.shards)
         .await
@@ -63,6 +70,9 @@ impl App {
         let mut manager =
             vg_redis::connect_manager(&redis_config.redis_url, redis_config.redis_timeout).await?;
         vg_redis::check_no_eviction(&mut manager).await?;
+        vg_redis::marker::check(&mut manager, &db)
+            .await
+            .context("cannot check the Redis data marker")?;
         let pool = vg_redis::connect_pool(
             &redis_config.redis_url,
             redis_config.redis_pool_size,

@@ -4,7 +4,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::writer::WriterSettings;
+use crate::{domain::CampaignId, writer::WriterSettings};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -32,6 +32,37 @@ pub enum Command {
     Serve(ServeConfig),
     /// Create the database if missing and apply pending migrations, then exit.
     Migrate(DatabaseConfig),
+    /// Compare Redis with PostgreSQL and the outbox, report every difference, optionally repair.
+    /// Exits 0 when in sync, 1 when differences remain, 2 on error.
+    Reconcile(ReconcileConfig),
+}
+
+#[derive(Debug, Clone, Parser)]
+pub struct ReconcileConfig {
+    /// A campaign to check (repeatable); all campaigns when omitted.
+    #[arg(long = "campaign", value_name = "ID", value_parser = parse_campaign_id)]
+    pub campaigns: Vec<CampaignId>,
+    /// Make Redis and PostgreSQL agree: PostgreSQL wins where it holds a redemption; what only
+    /// Redis holds is written through the outbox writer's transaction. Safe under live traffic.
+    #[arg(long)]
+    pub repair: bool,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = ReportFormat::Table)]
+    pub format: ReportFormat,
+    #[command(flatten)]
+    pub database: DatabaseConfig,
+    #[command(flatten)]
+    pub redis: RedisConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReportFormat {
+    Table,
+    Json,
+}
+
+fn parse_campaign_id(value: &str) -> Result<CampaignId, String> {
+    CampaignId::parse(value).map_err(|error| error.to_string())
 }
 
 #[derive(Debug, Clone, Parser)]

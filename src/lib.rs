@@ -7,6 +7,7 @@
 //! - `store`: PostgreSQL, the system of record
 //! - `gateway`: the operations (create, redeem, summary, hydration)
 //! - `writer`: the outbox consumer that persists redemptions
+//! - `reconcile`: comparing Redis with PostgreSQL, and repairing the difference
 //! - `http`: the API
 //! - `app`: building and running the whole service
 
@@ -15,6 +16,7 @@ pub mod config;
 pub mod domain;
 pub mod gateway;
 pub mod http;
+pub mod reconcile;
 pub mod redis;
 pub mod store;
 pub mod telemetry;

@@ -3,7 +3,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use voucher_gateway::{
     app::{self, App},
-    config::{Cli, Command},
+    config::{Cli, Command, ReconcileConfig},
     telemetry,
 };
 
@@ -15,6 +15,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.log_format);
     let result = match cli.command {
+        Command::Reconcile(config) => return reconcile(&config).await,
         Command::Serve(config) => serve(config).await,
         Command::Migrate(config) => app::prepare_database(&config, true)
             .await
@@ -25,6 +26,24 @@ async fn main() -> ExitCode {
         Err(error) => {
             tracing::error!("{error:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prints the report on stdout; exits 0 in sync, 1 with differences, 2 when it could not finish.
+async fn reconcile(config: &ReconcileConfig) -> ExitCode {
+    match voucher_gateway::reconcile::run(config).await {
+        Ok(report) => {
+            print!("{}", report.render(config.format));
+            if report.is_in_sync() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(error) => {
+            eprintln!("reconcile failed: {error:#}");
+            ExitCode::from(2)
         }
     }
 }

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::{
-    redis::{keys::WRITER_GROUP, outbox, scripts},
+    redis::{keys::WRITER_GROUP, marker, outbox, scripts},
     store::{self, BatchSummary, OutboxEntry},
 };
 
@@ -91,9 +91,11 @@ impl Writer {
         }
     }
 
-    /// Creates the consumer group (reading from the stream's start) if it does not exist.
+    /// Creates the consumer group (reading from the stream's start) if it does not exist, after
+    /// checking whether Redis came back without its data (the stream and group vanish with it).
     pub async fn ensure_group(&self, outbox: &str) -> anyhow::Result<()> {
         let mut con = self.redis.get().await?;
+        marker::check(&mut con, &self.db).await?;
         let created: redis::RedisResult<()> =
             con.xgroup_create_mkstream(outbox, WRITER_GROUP, "0").await;
         match created {
@@ -138,9 +140,11 @@ impl Writer {
             let options = StreamReadOptions::default()
                 .group(WRITER_GROUP, &self.consumer)
                 .count(batch - entries.len());
-            let reply: Option<StreamReadReply> =
-                con.xread_options(&[outbox], &[">"], &options).await?;
-            entries.extend(parse_read(reply));
+            // The entries in hand are pending already: store them even if topping up fails.
+            match con.xread_options(&[outbox], &[">"], &options).await {
+                Ok(reply) => entries.extend(parse_read(reply)),
+                Err(error) => tracing::warn!(%outbox, %error, "topping up a batch failed"),
+            }
         }
         Ok(entries)
     }

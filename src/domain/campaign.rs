@@ -26,6 +26,12 @@ impl CampaignId {
     }
 }
 
+impl From<Uuid> for CampaignId {
+    fn from(id: Uuid) -> Self {
+        Self(id)
+    }
+}
+
 impl fmt::Display for CampaignId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.hyphenated().fmt(f)

@@ -2,6 +2,7 @@
 //! connection (the writer, hydration), the key layout and the scripts.
 
 pub mod keys;
+pub mod marker;
 pub mod outbox;
 pub mod scripts;
 

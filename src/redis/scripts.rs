@@ -12,6 +12,10 @@ static REDEEM: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("../../lua/redeem.lua")));
 static HYDRATE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("../../lua/hydrate.lua")));
+static REPAIR: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../../lua/repair.lua")));
+static RESERVE_SEQS: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../../lua/reserve_seqs.lua")));
 static ACK: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("../../lua/ack.lua")));
 
 /// The decision of `redeem.lua`.
@@ -116,6 +120,57 @@ pub async fn ack(con: &mut impl ConnectionLike, outbox: &str, ids: &[String]) ->
     let mut invocation = ACK.key(outbox);
     invocation.arg(WRITER_GROUP).arg(ids);
     invocation.invoke_async(con).await
+}
+
+/// What `repair.lua` is asked to change in one campaign.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RedisRepair {
+    /// PostgreSQL's total.
+    pub total: i32,
+    /// The highest voucher number PostgreSQL knows given.
+    pub last_seq: i64,
+    /// Holders PostgreSQL has that Redis lacks or holds under another key.
+    pub set: Vec<(String, String)>,
+    /// Holders PostgreSQL refused and holds nothing for.
+    pub remove: Vec<(String, String)>,
+}
+
+/// Applies a repair atomically (`repair.lua`); returns the campaign's (remaining, holders)
+/// afterwards, or `None` when Redis does not hold the campaign.
+pub async fn repair(
+    con: &mut impl ConnectionLike,
+    keys: &CampaignKeys,
+    repair: &RedisRepair,
+) -> RedisResult<Option<(i64, i64)>> {
+    let mut invocation = REPAIR.key(&keys.campaign);
+    invocation
+        .key(&keys.users)
+        .arg(repair.total)
+        .arg(repair.last_seq)
+        .arg(repair.set.len());
+    for (user, key) in repair.set.iter().chain(&repair.remove) {
+        invocation.arg(user).arg(key);
+    }
+    let reply: Vec<i64> = invocation.invoke_async(con).await?;
+    match reply[..] {
+        [] => Ok(None),
+        [remaining, holders] => Ok(Some((remaining, holders))),
+        _ => Err(unexpected("repair.lua", format!("{reply:?}"))),
+    }
+}
+
+/// Reserves `count` voucher numbers of a loaded campaign (`reserve_seqs.lua`); returns the last
+/// one, or `None` when Redis does not hold the campaign.
+pub async fn reserve_seqs(
+    con: &mut impl ConnectionLike,
+    keys: &CampaignKeys,
+    count: usize,
+) -> RedisResult<Option<i64>> {
+    RESERVE_SEQS
+        .key(&keys.campaign)
+        .arg(count)
+        .invoke_async(con)
+        .await
 }
 
 fn unexpected(script: &str, reply: impl std::fmt::Display) -> redis::RedisError {

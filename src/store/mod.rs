@@ -2,6 +2,7 @@
 //! Handlers and the writer call these functions; no SQL lives anywhere else.
 
 mod campaigns;
+pub mod reconcile;
 mod redemptions;
 
 use std::time::Duration;
@@ -30,9 +31,31 @@ pub async fn connect(
         .await
 }
 
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
 /// Applies pending migrations (concurrent gateways serialise on sqlx's advisory lock).
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
-    sqlx::migrate!("./migrations").run(pool).await
+    MIGRATOR.run(pool).await
+}
+
+/// The versions of the migrations this build has that the database has not applied.
+pub async fn pending_migrations(pool: &PgPool) -> Result<Vec<i64>, sqlx::Error> {
+    let applied: Vec<i64> =
+        sqlx::query_scalar("select version from _sqlx_migrations where success")
+            .fetch_all(pool)
+            .await
+            .or_else(|error| match &error {
+                // 42P01 undefined_table: nothing was ever migrated.
+                sqlx::Error::Database(db) if db.code().as_deref() == Some("42P01") => {
+                    Ok(Vec::new())
+                }
+                _ => Err(error),
+            })?;
+    Ok(MIGRATOR
+        .iter()
+        .map(|migration| migration.version)
+        .filter(|version| !applied.contains(version))
+        .collect())
 }
 
 /// Creates the database named in `url` when it is missing (a fresh machine).
@@ -62,11 +85,29 @@ pub async fn recorded_shards(pool: &PgPool, configured: u16) -> Result<u16, sqlx
     .bind(configured.to_string())
     .execute(pool)
     .await?;
-    let value: String =
-        sqlx::query_scalar("select value from gateway_settings where name = 'shards'")
-            .fetch_one(pool)
-            .await?;
+    let value = setting(pool, "shards").await?.unwrap_or_default();
     value.parse().map_err(|_| {
         sqlx::Error::Protocol(format!("gateway_settings.shards is not a number: {value}"))
     })
+}
+
+/// One value of `gateway_settings`.
+pub async fn setting(pool: &PgPool, name: &str) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar("select value from gateway_settings where name = $1")
+        .bind(name)
+        .fetch_optional(pool)
+        .await
+}
+
+/// Sets one value of `gateway_settings`.
+pub async fn record_setting(pool: &PgPool, name: &str, value: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "insert into gateway_settings (name, value) values ($1, $2)
+         on conflict (name) do update set value = excluded.value",
+    )
+    .bind(name)
+    .bind(value)
+    .execute(pool)
+    .await?;
+    Ok(())
 }

@@ -225,14 +225,27 @@ pub struct RedisServer {
     pub port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// `appendonly yes` with `appendfsync always`: every acknowledged write survives a kill.
+    aof: bool,
 }
 
 impl RedisServer {
+    /// A server without persistence: a restart comes back empty.
     pub fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// A server with AOF `appendfsync always`.
+    pub fn start_with_aof() -> Self {
+        Self::start_with(true)
+    }
+
+    fn start_with(aof: bool) -> Self {
         let mut server = Self {
             port: free_port(),
             dir: tempfile::tempdir().unwrap(),
             child: None,
+            aof,
         };
         server.restart();
         server
@@ -242,7 +255,7 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    /// Starts (again) on the same port and directory.
+    /// Starts (again) on the same port and directory; with AOF, reloading what it wrote.
     pub fn restart(&mut self) {
         let child = Command::new("redis-server")
             .args([
@@ -253,7 +266,12 @@ impl RedisServer {
                 "--save",
                 "",
             ])
-            .args(["--appendonly", "no", "--dir"])
+            .args(if self.aof {
+                ["--appendonly", "yes", "--appendfsync", "always"]
+            } else {
+                ["--appendonly", "no", "--appendfsync", "everysec"]
+            })
+            .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::null())
             .spawn()

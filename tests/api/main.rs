@@ -4,8 +4,12 @@
 mod bad_input;
 mod concurrency;
 mod contract;
+mod faults;
 mod helpers;
 mod hydration;
+mod load;
 mod outages;
 mod persistence;
+mod process;
+mod reconcile;
 mod scripts;

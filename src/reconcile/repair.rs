@@ -1,0 +1,121 @@
+//! Repairing one campaign: PostgreSQL wins where it holds a redemption; what only Redis holds is
+//! written through the outbox writer's own transaction (so PostgreSQL's constraints decide it);
+//! then Redis is set to agree in one atomic script. Running it again changes nothing.
+
+use std::collections::HashSet;
+
+use time::OffsetDateTime;
+
+use super::compare::{CampaignReport, Drift, RepairSummary, Sides};
+use crate::{
+    domain::CampaignId,
+    redis::scripts::{self, RedisRepair},
+    store::{self, OutboxEntry, reconcile as stored},
+};
+
+impl Sides {
+    /// Repairs a campaign whose report shows differences; returns the report afterwards.
+    pub async fn repair(&self, found: CampaignReport) -> anyhow::Result<CampaignReport> {
+        let id = found.id;
+        let mut summary = RepairSummary::default();
+        let mut report = found;
+
+        if !report.lost_from_outbox.is_empty() {
+            let written = self.write_lost_holders(&report).await?;
+            summary.written_to_postgres = written.inserted;
+            summary.refused_by_postgres = written.rejected;
+            report = self.fresh(id).await?;
+        }
+
+        if report.redis.is_some() {
+            let corrected: HashSet<&str> = report
+                .missing_in_redis
+                .iter()
+                .map(|m| m.user.as_str())
+                .collect();
+            let repair = RedisRepair {
+                total: report.total,
+                last_seq: report.postgres.last_seq,
+                set: report
+                    .missing_in_redis
+                    .iter()
+                    .map(|m| (m.user.clone(), m.key.clone()))
+                    .collect(),
+                // A refused user whose PostgreSQL row has another key is corrected by `set`.
+                remove: report
+                    .rejected
+                    .iter()
+                    .filter(|r| r.still_in_redis && !corrected.contains(r.user.as_str()))
+                    .map(|r| (r.user.clone(), r.key.clone()))
+                    .collect(),
+            };
+            let keys = self.shards.campaign(id);
+            let mut con = self.redis.clone();
+            if scripts::repair(&mut con, &keys, &repair).await?.is_some() {
+                summary.set_in_redis = repair.set.len();
+                summary.removed_from_redis = repair.remove.len();
+            }
+        }
+
+        if report
+            .drift
+            .iter()
+            .any(|d| matches!(d, Drift::RedeemedCounter { .. }))
+        {
+            stored::recount_redeemed(&self.db, id).await?;
+            summary.redeemed_recounted = true;
+        }
+        if !report.lost_acks.new.is_empty() {
+            stored::record_lost(&self.db, id, &report.lost_acks.new).await?;
+            summary.lost_recorded = report.lost_acks.new.len();
+        }
+
+        let mut after = self.fresh(id).await?;
+        after.repaired = Some(summary);
+        Ok(after)
+    }
+
+    /// Stores the holders only Redis has, numbered from Redis's own counter so that no number is
+    /// given twice; PostgreSQL refuses them when it has no room.
+    async fn write_lost_holders(
+        &self,
+        report: &CampaignReport,
+    ) -> anyhow::Result<store::BatchSummary> {
+        let keys = self.shards.campaign(report.id);
+        let mut con = self.redis.clone();
+        let count = report.lost_from_outbox.len();
+        let Some(last) = scripts::reserve_seqs(&mut con, &keys, count).await? else {
+            // Unloaded meanwhile: hydration will load exactly what PostgreSQL holds.
+            return Ok(store::BatchSummary::default());
+        };
+        let now = OffsetDateTime::now_utc();
+        let entries: Vec<OutboxEntry> = report
+            .lost_from_outbox
+            .iter()
+            .zip(last - count as i64 + 1..)
+            .map(|(holder, seq)| {
+                Ok(OutboxEntry {
+                    id: String::new(),
+                    campaign: report.id.as_uuid(),
+                    user: holder.user.clone(),
+                    key: holder.key.clone(),
+                    seq: i32::try_from(seq)?,
+                    at: now,
+                })
+            })
+            .collect::<anyhow::Result<_>>()?;
+        let mut summary = store::BatchSummary::default();
+        for batch in entries.chunks(store::HOLDERS_CHUNK as usize) {
+            let stored = store::store_batch(&self.db, batch).await?;
+            summary.inserted += stored.inserted;
+            summary.rejected += stored.rejected;
+        }
+        Ok(summary)
+    }
+
+    async fn fresh(&self, id: CampaignId) -> anyhow::Result<CampaignReport> {
+        self.compare(id)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("campaign {id} vanished from PostgreSQL"))
+    }
+}

@@ -1,0 +1,459 @@
+//! The failure model of DESIGN.md, one fault at a time, injected for real under client load:
+//! processes killed with SIGKILL, servers stopped, Redis restarted with and without its data,
+//! Redis rolled back. Each test records every request and answer, lets the system recover, and
+//! holds the history against PostgreSQL and `voucher-gateway reconcile`. The figures they print
+//! (`cargo test faults -- --nocapture`) are the ones the README quotes.
+
+use std::{
+    collections::HashSet,
+    time::{Duration, Instant},
+};
+
+use redis::{AsyncCommands, streams::StreamPendingReply};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use voucher_gateway::{domain::CampaignId, redis::keys::Shards};
+
+use crate::{
+    helpers::{PgServer, RedisServer, TestApp, database_url, private_redis_config, stored},
+    load::Load,
+    process::{GatewayProcess, private_database, reconcile},
+};
+
+const CLIENTS: usize = 16;
+
+/// Plenty: these tests never sell out unless they mean to.
+const LARGE: i64 = 1_000_000;
+
+async fn create_campaign(gateway: &str, total: i64) -> CampaignId {
+    let response = reqwest::Client::new()
+        .post(format!("{gateway}/campaigns"))
+        .json(&json!({"name": "fault test", "total": total}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), reqwest::StatusCode::CREATED);
+    let body: Value = response.json().await.unwrap();
+    CampaignId::parse(body["id"].as_str().unwrap()).unwrap()
+}
+
+async fn connect(redis_url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(redis_url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+/// Waits until every outbox stream is empty: each entry written to PostgreSQL and acknowledged.
+/// Returns how long that took.
+async fn wait_drained(redis_url: &str) -> Duration {
+    let started = Instant::now();
+    let mut con = connect(redis_url).await;
+    loop {
+        let mut backlog = 0;
+        for outbox in Shards::new(16).outboxes() {
+            backlog += con.xlen::<_, u64>(&outbox).await.unwrap_or(0);
+        }
+        if backlog == 0 {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{backlog} entries never drained"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Entries pending with the writers of process `pid`.
+async fn pending_with(redis_url: &str, pid: u32) -> u64 {
+    let mut con = connect(redis_url).await;
+    let prefix = format!("writer-{pid}-");
+    let mut pending = 0;
+    for outbox in Shards::new(16).outboxes() {
+        let reply: redis::RedisResult<StreamPendingReply> = con.xpending(&outbox, "writers").await;
+        if let Ok(StreamPendingReply::Data(data)) = reply {
+            pending += data
+                .consumers
+                .iter()
+                .filter(|consumer| consumer.name.starts_with(&prefix))
+                .map(|consumer| consumer.pending as u64)
+                .sum::<u64>();
+        }
+    }
+    pending
+}
+
+/// Waits until the gateway answers that the campaign has no voucher left.
+async fn wait_sold_out(app: &TestApp, id: CampaignId) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let response = app.get_campaign(id).await;
+        if response.status() == reqwest::StatusCode::OK
+            && response.json::<Value>().await.unwrap()["remaining"] == 0
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "never sold out");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn shared_db() -> PgPool {
+    PgPool::connect(&database_url()).await.unwrap()
+}
+
+async fn assert_reconciled(database: &str, redis: &str, id: CampaignId) {
+    let found = reconcile(database, redis, &["--campaign", &id.to_string()]).await;
+    assert_eq!(found.code, 0, "{:#} {}", found.report, found.stderr);
+}
+
+#[tokio::test]
+async fn gateway_killed_under_load_loses_nothing_and_doubles_nothing() {
+    let redis = RedisServer::start();
+    let db = shared_db().await;
+    let mut gateway = GatewayProcess::start(&database_url(), &redis.url(), &[]).await;
+    let id = create_campaign(&gateway.url, LARGE).await;
+    let load = Load::start(vec![gateway.url.clone()], id, CLIENTS);
+    load.wait_acked(300).await;
+
+    gateway.kill().await;
+    let killed = Instant::now();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    gateway.start_again().await;
+    let restarted = Instant::now();
+    load.wait_acked(load.acked() + 300).await;
+    let history = load.stop().await;
+    let drained = wait_drained(&redis.url()).await;
+
+    let audit = history.audit(&db, id, &HashSet::new()).await;
+    assert!(audit.lost.is_empty(), "lost {:?}", audit.lost);
+    assert_eq!(stored(&db, id).await.len(), audit.acked.len());
+    assert_reconciled(&database_url(), &redis.url(), id).await;
+    eprintln!(
+        "gateway SIGKILL: {} acked, 0 lost, 0 doubled; answering again {:?} after the kill; \
+         outbox drained {drained:?} after the load (claim idle 1 s)",
+        audit.acked.len(),
+        history.first_decision_after(restarted) + (restarted - killed),
+    );
+}
+
+#[tokio::test]
+async fn postgres_stopped_under_load_redeems_go_on_and_the_backlog_drains() {
+    let (redis, postgres) = (RedisServer::start(), PgServer::start());
+    let mut config = private_redis_config(&redis, true);
+    config.database.database_url = postgres.url();
+    let app = TestApp::spawn_with(config).await;
+    let id = app.create_campaign(LARGE).await;
+    let load = Load::start(vec![app.address.clone()], id, CLIENTS);
+    load.wait_acked(300).await;
+
+    postgres.stop();
+    load.next_phase();
+    let before = load.acked();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let during = load.acked() - before;
+    load.next_phase();
+    postgres.start_again();
+    let restarted = Instant::now();
+    let backlog = load.acked();
+    while (stored(&app.db, id).await.len()) < backlog {
+        assert!(
+            restarted.elapsed() < Duration::from_secs(60),
+            "the backlog never drained"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let caught_up = restarted.elapsed();
+    load.wait_acked(load.acked() + 300).await;
+    let history = load.stop().await;
+    wait_drained(&redis.url()).await;
+
+    let outage: Vec<_> = history.records.iter().filter(|r| r.phase == 1).collect();
+    assert!(during > 0, "no redeem answered while PostgreSQL was down");
+    assert!(
+        outage.iter().all(|r| r.decision.is_some()),
+        "every redeem during the outage is decided from Redis"
+    );
+    let audit = history.audit(&app.db, id, &HashSet::new()).await;
+    assert!(audit.lost.is_empty(), "lost {:?}", audit.lost);
+    assert_eq!(stored(&app.db, id).await.len(), audit.acked.len());
+    assert_reconciled(&postgres.url(), &redis.url(), id).await;
+    eprintln!(
+        "PostgreSQL down 3 s: {during} new redemptions acked during the outage, {} answers, \
+         0 undecided; all {} stored once; the outage's backlog stored {caught_up:?} after \
+         PostgreSQL restarted",
+        outage.len(),
+        audit.acked.len(),
+    );
+}
+
+#[tokio::test]
+async fn redis_with_aof_always_killed_and_restarted_loses_nothing() {
+    let mut redis = RedisServer::start_with_aof();
+    let app = TestApp::spawn_with(private_redis_config(&redis, true)).await;
+    let id = app.create_campaign(LARGE).await;
+    let load = Load::start(vec![app.address.clone()], id, CLIENTS);
+    load.wait_acked(300).await;
+
+    redis.kill();
+    load.next_phase();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    redis.restart();
+    let restarted = Instant::now();
+    load.next_phase();
+    load.wait_acked(load.acked() + 300).await;
+    let history = load.stop().await;
+    let drained = wait_drained(&redis.url()).await;
+
+    let audit = history.audit(&app.db, id, &HashSet::new()).await;
+    assert!(audit.lost.is_empty(), "lost {:?}", audit.lost);
+    assert_eq!(stored(&app.db, id).await.len(), audit.acked.len());
+    assert_reconciled(&database_url(), &redis.url(), id).await;
+    eprintln!(
+        "Redis (AOF always) killed for 1 s: {} acked, 0 lost; {} attempts answered 503 or \
+         nothing meanwhile; deciding again {:?} after the restart; drained {drained:?} after \
+         the load",
+        audit.acked.len(),
+        audit.undecided,
+        history.first_decision_after(restarted),
+    );
+}
+
+#[tokio::test]
+async fn redis_restarted_empty_rehydrates_never_over_redeems_and_reconcile_counts_the_loss() {
+    let mut redis = RedisServer::start();
+    let database = private_database().await;
+    let mut config = private_redis_config(&redis, true);
+    config.database.database_url = database.clone();
+    // Entries wait unread for up to half a second, so a Redis lost under load takes some along.
+    config.writer.writer_flush_interval = Duration::from_millis(500);
+    let app = TestApp::spawn_with(config).await;
+    let total = 2_000;
+    let id = app.create_campaign(total).await;
+    let before_fault = Load::start(vec![app.address.clone()], id, CLIENTS);
+    before_fault.wait_acked(400).await;
+
+    redis.kill();
+    let first = before_fault.stop().await;
+    // The writers store what they hold; what was still unread is gone with Redis.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    redis.restart();
+    let restarted = Instant::now();
+    let after_fault = Load::start(vec![app.address.clone()], id, CLIENTS);
+    wait_sold_out(&app, id).await;
+    let history = first.merge(after_fault.stop().await);
+    wait_drained(&redis.url()).await;
+
+    let audit = history.audit(&app.db, id, &HashSet::new()).await;
+    let lost = audit.lost.len();
+    assert!(lost > 0, "the fault lost nothing: the test proves nothing");
+    // No over-redemption anywhere: every voucher granted once in PostgreSQL and in Redis.
+    assert_eq!(stored(&app.db, id).await.len() as i64, total);
+    let summary = app.summary(id).await;
+    assert_eq!(
+        (summary["redeemed"].as_i64(), summary["remaining"].as_i64()),
+        (Some(total), Some(0))
+    );
+    assert_eq!(
+        audit.acked.len() as i64,
+        total + lost as i64,
+        "clients saw the lost grants too"
+    );
+    assert_eq!(
+        history
+            .records
+            .iter()
+            .filter(
+                |r| r.decision.as_deref() == Some("REDEEMED") && r.kind == crate::load::Kind::New
+            )
+            .count(),
+        audit.acked.len()
+    );
+
+    let found = reconcile(&database, &redis.url(), &[]).await;
+    assert_eq!(found.code, 1, "{}", found.stderr);
+    assert!(
+        found.report["redis_data_lost_at"].is_string(),
+        "{:#}",
+        found.report
+    );
+    let campaign = found.campaign(id);
+    assert_eq!(
+        campaign["lost_acks"]["new"].as_array().unwrap().len(),
+        lost,
+        "{campaign:#}"
+    );
+    let repaired = reconcile(&database, &redis.url(), &["--repair"]).await;
+    assert_eq!(repaired.code, 0, "{:#}", repaired.report);
+    let again = reconcile(&database, &redis.url(), &[]).await;
+    assert_eq!(again.code, 0);
+    assert_eq!(again.campaign(id)["lost_acks"]["recorded"], lost);
+    eprintln!(
+        "Redis restarted empty: {lost} of {} acknowledged redemptions lost (clients' record), \
+         reconcile counted {lost}; deciding again {:?} after the restart; sold out at exactly \
+         {total} in PostgreSQL and Redis",
+        audit.acked.len(),
+        history.first_decision_after(restarted),
+    );
+}
+
+#[tokio::test]
+async fn redis_rolled_back_postgres_refuses_every_excess_grant_and_repair_closes_it() {
+    let redis = RedisServer::start();
+    let app = TestApp::spawn_with(private_redis_config(&redis, true)).await;
+    let total = 400;
+    let id = app.create_campaign(total).await;
+    let keys = app.keys(id);
+    let mut con = connect(&redis.url()).await;
+
+    let selling = Load::start(vec![app.address.clone()], id, 8);
+    selling.wait_acked(150).await;
+    // One consistent snapshot of both keys, as a replica would hold them.
+    let (campaign_then, users_then): (Vec<u8>, Vec<u8>) = redis::pipe()
+        .atomic()
+        .cmd("DUMP")
+        .arg(&keys.campaign)
+        .cmd("DUMP")
+        .arg(&keys.users)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    selling.wait_acked(total as usize).await;
+    let first = selling.stop().await;
+    wait_drained(&redis.url()).await;
+    assert_eq!(stored(&app.db, id).await.len() as i64, total);
+
+    // The rollback: the older campaign state comes back, as from a lagging replica.
+    for (key, dump) in [(&keys.campaign, &campaign_then), (&keys.users, &users_then)] {
+        let _: () = redis::cmd("RESTORE")
+            .arg(key)
+            .arg(0)
+            .arg(dump)
+            .arg("REPLACE")
+            .query_async(&mut con)
+            .await
+            .unwrap();
+    }
+    let holders_then: i64 = con.hlen(&keys.users).await.unwrap();
+    let regranting = Load::start(vec![app.address.clone()], id, 8);
+    wait_sold_out(&app, id).await;
+    let history = first.merge(regranting.stop().await);
+    wait_drained(&redis.url()).await;
+
+    let excess = (total - holders_then) as usize;
+    assert_eq!(
+        stored(&app.db, id).await.len() as i64,
+        total,
+        "PostgreSQL never over-redeems"
+    );
+    let audit = history.audit(&app.db, id, &HashSet::new()).await;
+    let rejected: Vec<(String, String)> = sqlx::query_as(
+        "select user_id, reason from rejected_redemptions where campaign_id = $1 order by user_id",
+    )
+    .bind(id.as_uuid())
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    let refused: Vec<String> = rejected.iter().map(|(user, _)| user.clone()).collect();
+    assert_eq!(
+        audit.lost, refused,
+        "every excess grant, and only those, refused"
+    );
+    assert_eq!(refused.len(), excess);
+
+    let found = reconcile(
+        &database_url(),
+        &redis.url(),
+        &["--campaign", &id.to_string()],
+    )
+    .await;
+    assert_eq!(found.code, 1);
+    let campaign = found.campaign(id);
+    assert_eq!(campaign["rejected"].as_array().unwrap().len(), excess);
+    assert_eq!(
+        campaign["missing_in_redis"].as_array().unwrap().len(),
+        excess
+    );
+
+    let repaired = reconcile(
+        &database_url(),
+        &redis.url(),
+        &["--repair", "--campaign", &id.to_string()],
+    )
+    .await;
+    assert_eq!(repaired.code, 0, "{:#}", repaired.report);
+    let summary = app.summary(id).await;
+    assert_eq!(
+        (summary["redeemed"].as_i64(), summary["remaining"].as_i64()),
+        (Some(total), Some(0))
+    );
+
+    // Afterwards nobody new gets a voucher, and every holder still replays.
+    let late = Load::start(vec![app.address.clone()], id, 4);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let late = late.stop().await;
+    assert!(
+        late.decided()
+            .filter(|r| r.kind == crate::load::Kind::New)
+            .all(|r| r.decision.as_deref() == Some("SOLD_OUT"))
+    );
+    wait_drained(&redis.url()).await;
+    assert_eq!(stored(&app.db, id).await.len() as i64, total);
+    assert_reconciled(&database_url(), &redis.url(), id).await;
+    eprintln!(
+        "Redis rolled back {} grants: {excess} excess grants made, {excess} refused by PostgreSQL \
+         ({}), reconcile listed {excess} and repaired; 0 over-redeemed",
+        total - holders_then,
+        rejected.first().map_or("", |(_, reason)| reason.as_str()),
+    );
+}
+
+#[tokio::test]
+async fn two_gateways_one_killed_the_survivor_claims_its_pending_entries() {
+    let redis = RedisServer::start();
+    let db = shared_db().await;
+    // The doomed gateway holds what it reads for 3 s before storing it.
+    let mut doomed = GatewayProcess::start(
+        &database_url(),
+        &redis.url(),
+        &[("VG_WRITER_FLUSH_INTERVAL", "3s")],
+    )
+    .await;
+    let survivor = GatewayProcess::start(&database_url(), &redis.url(), &[]).await;
+    let id = create_campaign(&survivor.url, LARGE).await;
+    let load = Load::start(vec![doomed.url.clone(), survivor.url.clone()], id, CLIENTS);
+    load.wait_acked(300).await;
+    let pid = doomed.pid();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let held = loop {
+        let held = pending_with(&redis.url(), pid).await;
+        if held > 0 {
+            break held;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the doomed writers never held entries"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+
+    doomed.kill().await;
+    let killed = Instant::now();
+    load.wait_acked(load.acked() + 300).await;
+    let history = load.stop().await;
+    wait_drained(&redis.url()).await;
+    let claimed_within = killed.elapsed();
+
+    assert_eq!(pending_with(&redis.url(), pid).await, 0);
+    let audit = history.audit(&db, id, &HashSet::new()).await;
+    assert!(audit.lost.is_empty(), "lost {:?}", audit.lost);
+    assert_eq!(stored(&db, id).await.len(), audit.acked.len());
+    assert_reconciled(&database_url(), &redis.url(), id).await;
+    eprintln!(
+        "two gateways, one SIGKILLed holding {held} pending entries: all claimed and stored once \
+         by the survivor within {claimed_within:?} of the kill; {} acked, 0 lost",
+        audit.acked.len()
+    );
+}

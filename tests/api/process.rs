@@ -1,0 +1,151 @@
+//! The gateway as a separate process (so it can be killed for real), the reconcile command, and
+//! private databases on the shared PostgreSQL server for tests that read database-wide state.
+
+use std::{
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use sqlx::{Connection, PgConnection};
+use tokio::process::{Child, Command};
+
+use crate::helpers::{database_url, free_port};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_voucher-gateway");
+
+/// A `voucher-gateway serve` process on a port of its own.
+pub struct GatewayProcess {
+    pub url: String,
+    port: u16,
+    env: Vec<(String, String)>,
+    child: Option<Child>,
+}
+
+impl GatewayProcess {
+    /// Starts a gateway on `database` and `redis` with extra `VG_*` settings, and waits until it
+    /// answers.
+    pub async fn start(database: &str, redis: &str, settings: &[(&str, &str)]) -> Self {
+        let port = free_port();
+        let mut env: Vec<(String, String)> = vec![
+            ("DATABASE_URL".into(), database.into()),
+            ("REDIS_URL".into(), redis.into()),
+            ("VG_LISTEN".into(), format!("127.0.0.1:{port}")),
+            ("VG_DB_POOL_SIZE".into(), "4".into()),
+            ("VG_CLAIM_IDLE_TIMEOUT".into(), "1s".into()),
+            ("VG_REDIS_TIMEOUT".into(), "1s".into()),
+            ("VG_LOG_FORMAT".into(), "human".into()),
+        ];
+        env.extend(settings.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let mut gateway = Self {
+            url: format!("http://127.0.0.1:{port}"),
+            port,
+            env,
+            child: None,
+        };
+        gateway.start_again().await;
+        gateway
+    }
+
+    /// Starts the process (again) with the same settings and port.
+    pub async fn start_again(&mut self) {
+        let child = Command::new(BINARY)
+            .arg("serve")
+            .envs(self.env.iter().cloned())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the gateway binary starts");
+        self.child = Some(child);
+        let probe = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let url = format!(
+            "{}/campaigns/00000000-0000-0000-0000-000000000000",
+            self.url
+        );
+        while probe.get(&url).send().await.is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "gateway on {} did not start",
+                self.port
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGKILL: no shutdown, no last batch.
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await.unwrap();
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().and_then(Child::id).expect("running")
+    }
+}
+
+/// What `voucher-gateway reconcile --format json` printed, and its exit code.
+pub struct Reconciled {
+    pub code: i32,
+    pub report: Value,
+    pub stderr: String,
+}
+
+impl Reconciled {
+    /// The report of one campaign.
+    pub fn campaign(&self, id: impl std::fmt::Display) -> &Value {
+        let id = id.to_string();
+        self.report["campaigns"]
+            .as_array()
+            .and_then(|all| all.iter().find(|c| c["id"] == id.as_str()))
+            .unwrap_or_else(|| panic!("campaign {id} not in {:#}", self.report))
+    }
+}
+
+/// Runs `voucher-gateway reconcile` with `args` against `database` and `redis`.
+pub async fn reconcile(database: &str, redis: &str, args: &[&str]) -> Reconciled {
+    let output = reconcile_command(database, redis, args)
+        .args(["--format", "json"])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    Reconciled {
+        code: output.status.code().unwrap(),
+        report: serde_json::from_str(&stdout).unwrap_or(Value::Null),
+        stderr: String::from_utf8(output.stderr).unwrap(),
+    }
+}
+
+pub fn reconcile_command(database: &str, redis: &str, args: &[&str]) -> Command {
+    let mut command = Command::new(BINARY);
+    command
+        .arg("reconcile")
+        .args(args)
+        .env("DATABASE_URL", database)
+        .env("REDIS_URL", redis)
+        .env("VG_REDIS_TIMEOUT", "1s")
+        .env("VG_DB_TIMEOUT", "2s")
+        .env("RUST_LOG", "warn");
+    command
+}
+
+/// A new, empty database on the shared server, migrated; for tests that read database-wide
+/// state (settings, every campaign).
+pub async fn private_database() -> String {
+    let name = format!("vg_test_{}", uuid::Uuid::new_v4().simple());
+    let shared = database_url();
+    let (server, _) = shared.rsplit_once('/').unwrap();
+    let url = format!("{server}/{name}");
+    let mut admin = PgConnection::connect(&shared).await.unwrap();
+    sqlx::query(&format!("create database {name}"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    voucher_gateway::store::migrate(&pool).await.unwrap();
+    pool.close().await;
+    url
+}
