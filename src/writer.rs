@@ -25,6 +25,8 @@ use crate::{
 /// The first and the longest pause between retries after an error.
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// A consumer silent for this many claim timeouts, holding nothing, belongs to a stopped writer.
+const PRUNE_AFTER_CLAIM_IDLES: u32 = 10;
 
 #[derive(Debug, Clone)]
 pub struct WriterSettings {
@@ -163,7 +165,8 @@ impl Writer {
         due
     }
 
-    /// Takes over entries that another consumer has held for longer than `claim_idle`.
+    /// Takes over entries that another consumer has held for longer than `claim_idle`, then
+    /// removes consumers that have been silent for much longer and hold nothing.
     pub async fn claim(&self, outbox: &str) -> anyhow::Result<Vec<OutboxEntry>> {
         let mut con = self.redis.get().await?;
         let options = StreamAutoClaimOptions::default().count(self.settings.batch_size);
@@ -179,6 +182,12 @@ impl Writer {
             .await?;
         if !reply.claimed.is_empty() {
             tracing::info!(%outbox, count = reply.claimed.len(), "claimed entries of a stalled consumer");
+        }
+        // A live consumer reads at least every `block`; one silent for this long is gone.
+        let gone = self.settings.claim_idle * PRUNE_AFTER_CLAIM_IDLES;
+        let pruned = scripts::prune_consumers(&mut con, outbox, gone, &self.consumer).await?;
+        if pruned > 0 {
+            tracing::info!(%outbox, pruned, "removed consumers of stopped writers");
         }
         Ok(outbox::parse_entries(reply.claimed))
     }

@@ -94,7 +94,7 @@ pub async fn run(config: &ReconcileConfig) -> anyhow::Result<Report> {
         }
         // In-sync campaigns with nothing to tell are counted, not listed, unless named.
         let history = !campaign.rejected.is_empty() || campaign.lost_acks.recorded > 0;
-        if named || campaign.differences() > 0 || history {
+        if named || campaign.differences() > 0 || history || campaign.repaired.is_some() {
             report.campaigns.push(campaign);
         }
         Ok(())

@@ -23,8 +23,8 @@ pub fn table(report: &Report) -> String {
     if !report.campaigns.is_empty() {
         let _ = writeln!(
             out,
-            "{:<36}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>6}  status",
-            "campaign", "total", "pg rows", "pg count", "redis hld", "remaining", "queued"
+            "{:<36}  {:>10}  {:>10}  {:>10}  {:>10}  {:>10}  {:>7}  status",
+            "campaign", "total", "pg rows", "pg count", "redis hold", "remaining", "queued"
         );
     }
     for campaign in &report.campaigns {
@@ -56,7 +56,7 @@ fn row(out: &mut String, c: &CampaignReport) {
     };
     let _ = writeln!(
         out,
-        "{:<36}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>6}  {status}",
+        "{:<36}  {:>10}  {:>10}  {:>10}  {:>10}  {:>10}  {:>7}  {status}",
         c.id.to_string(),
         c.total,
         c.postgres.rows,

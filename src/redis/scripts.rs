@@ -16,6 +16,7 @@ static REPAIR: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("../../lua/repair.lua")));
 static RESERVE_SEQS: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("../../lua/reserve_seqs.lua")));
+static PRUNE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("../../lua/prune.lua")));
 static ACK: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("../../lua/ack.lua")));
 
 /// The decision of `redeem.lua`.
@@ -169,6 +170,23 @@ pub async fn reserve_seqs(
     RESERVE_SEQS
         .key(&keys.campaign)
         .arg(count)
+        .invoke_async(con)
+        .await
+}
+
+/// Removes the other consumers of the writer group idle for `idle` with nothing pending
+/// (`prune.lua`); returns how many.
+pub async fn prune_consumers(
+    con: &mut impl ConnectionLike,
+    outbox: &str,
+    idle: std::time::Duration,
+    own_name: &str,
+) -> RedisResult<u64> {
+    PRUNE
+        .key(outbox)
+        .arg(WRITER_GROUP)
+        .arg(idle.as_millis() as u64)
+        .arg(own_name)
         .invoke_async(con)
         .await
 }

@@ -227,17 +227,26 @@ async fn redis_restarted_empty_rehydrates_never_over_redeems_and_reconcile_count
     let database = private_database().await;
     let mut config = private_redis_config(&redis, true);
     config.database.database_url = database.clone();
-    // Entries wait unread for up to half a second, so a Redis lost under load takes some along.
-    config.writer.writer_flush_interval = Duration::from_millis(500);
     let app = TestApp::spawn_with(config).await;
     let total = 2_000;
     let id = app.create_campaign(total).await;
     let before_fault = Load::start(vec![app.address.clone()], id, CLIENTS);
-    before_fault.wait_acked(400).await;
+    before_fault.wait_acked(300).await;
 
+    // Hold the campaign's row lock so that the writers stall with the batch they hold: what is
+    // acknowledged from then on stays unread in the outbox, and is lost with Redis.
+    let mut stall = app.db.begin().await.unwrap();
+    sqlx::query("select 1 from campaigns where id = $1 for update")
+        .bind(id.as_uuid())
+        .execute(&mut *stall)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    before_fault.wait_acked(before_fault.acked() + 100).await;
     redis.kill();
     let first = before_fault.stop().await;
-    // The writers store what they hold; what was still unread is gone with Redis.
+    stall.rollback().await.unwrap();
+    // The writers store the batches they hold; what was still unread is gone with Redis.
     tokio::time::sleep(Duration::from_secs(1)).await;
     redis.restart();
     let restarted = Instant::now();

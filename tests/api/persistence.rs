@@ -4,7 +4,7 @@
 use std::{collections::HashSet, time::Duration};
 
 use futures::future::join_all;
-use redis::AsyncCommands;
+use redis::{AsyncCommands, streams::StreamInfoConsumersReply};
 use reqwest::StatusCode;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -61,7 +61,8 @@ async fn entries_of_a_consumer_killed_between_read_and_ack_are_claimed_and_store
     let pool =
         voucher_gateway::redis::connect_pool(&redis.url(), 4, Duration::from_secs(1)).unwrap();
     let mut settings = config.writer_settings();
-    settings.claim_idle = Duration::from_millis(200);
+    let claim_idle = Duration::from_millis(200);
+    settings.claim_idle = claim_idle;
 
     // A consumer reads the entries, then dies before it stores or acknowledges them.
     let doomed = Writer::new(pool.clone(), app.db.clone(), settings.clone());
@@ -87,6 +88,17 @@ async fn entries_of_a_consumer_killed_between_read_and_ack_are_claimed_and_store
     // Stepping again finds nothing: each entry was stored exactly once.
     assert_eq!(survivor.step(&stream, &cancel).await.unwrap(), 0);
     assert_eq!(stored(&app.db, id).await.len(), 40);
+
+    // The dead consumer, holding nothing now, is removed once silent for ten claim timeouts.
+    let consumers = async |con: &mut redis::aio::MultiplexedConnection| {
+        let reply: StreamInfoConsumersReply =
+            con.xinfo_consumers(&stream, "writers").await.unwrap();
+        reply.consumers.len()
+    };
+    assert_eq!(consumers(&mut con).await, 2);
+    tokio::time::sleep(claim_idle * 10).await;
+    survivor.claim(&stream).await.unwrap();
+    assert_eq!(consumers(&mut con).await, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
