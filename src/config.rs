@@ -128,7 +128,7 @@ pub struct WriterConfig {
     #[arg(long, env = "VG_WRITER_BATCH_SIZE", default_value_t = 1000, value_parser = clap::value_parser!(u16).range(1..=5000))]
     pub writer_batch_size: u16,
     /// How long a partial batch waits for more entries before it is written.
-    #[arg(long, env = "VG_WRITER_FLUSH_INTERVAL", default_value = "10ms", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "VG_WRITER_FLUSH_INTERVAL", default_value = "50ms", value_parser = humantime::parse_duration)]
     pub writer_flush_interval: Duration,
     /// How long an outbox entry may stay pending with one writer before another claims it.
     #[arg(long, env = "VG_CLAIM_IDLE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
@@ -183,7 +183,7 @@ mod tests {
         assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(
             config.writer_settings().flush_interval,
-            Duration::from_millis(10)
+            Duration::from_millis(50)
         );
     }
 }

@@ -110,6 +110,7 @@ impl Writer {
     /// stored and acknowledged.
     /// Returns how many entries it handled.
     pub async fn step(&self, outbox: &str, cancel: &CancellationToken) -> anyhow::Result<usize> {
+        let started = Instant::now();
         let mut entries = if self.claim_due() {
             self.claim(outbox).await?
         } else {
@@ -121,8 +122,18 @@ impl Writer {
         if entries.is_empty() {
             return Ok(0);
         }
+        let read = started.elapsed();
         self.store(&entries, cancel).await?;
+        let stored = started.elapsed();
         self.ack(outbox, &entries).await?;
+        tracing::debug!(
+            %outbox,
+            entries = entries.len(),
+            read_ms = read.as_secs_f64() * 1e3,
+            store_ms = (stored - read).as_secs_f64() * 1e3,
+            ack_ms = (started.elapsed() - stored).as_secs_f64() * 1e3,
+            "batch written"
+        );
         Ok(entries.len())
     }
 
@@ -203,12 +214,6 @@ impl Writer {
         loop {
             match store::store_batch(&self.db, entries).await {
                 Ok(summary) => {
-                    tracing::debug!(
-                        inserted = summary.inserted,
-                        already_stored = summary.already_stored,
-                        rejected = summary.rejected,
-                        "batch stored"
-                    );
                     if summary.rejected > 0 {
                         tracing::error!(
                             rejected = summary.rejected,

@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use sqlx::PgPool;
+use sqlx::{PgPool, Row};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -104,53 +104,32 @@ pub async fn store_batch(
         .map(|(e, _)| e)
         .collect();
 
-    let inserted: Vec<(Uuid, String)> = sqlx::query_as(
-        "insert into redemptions (campaign_id, user_id, idempotency_key, seq, redeemed_at)
-         select * from unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::timestamptz[])
-         on conflict do nothing
-         returning campaign_id, user_id",
-    )
-    .bind(to_insert.iter().map(|e| e.campaign).collect::<Vec<_>>())
-    .bind(
-        to_insert
-            .iter()
-            .map(|e| e.user.as_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind(to_insert.iter().map(|e| e.key.as_str()).collect::<Vec<_>>())
-    .bind(to_insert.iter().map(|e| e.seq).collect::<Vec<_>>())
-    .bind(to_insert.iter().map(|e| e.at).collect::<Vec<_>>())
-    .fetch_all(&mut *tx)
-    .await?;
-
-    // An entry that did not insert is a redelivery of a stored holder, a second key of a holder,
-    // or a voucher number already held by someone else.
-    if inserted.len() < to_insert.len() {
-        let inserted: HashSet<(Uuid, &str)> =
-            inserted.iter().map(|(c, u)| (*c, u.as_str())).collect();
-        let missed = |(entry, verdict): &(&OutboxEntry, &mut Verdict)| {
-            **verdict == Verdict::Insert
-                && !inserted.contains(&(entry.campaign, entry.user.as_str()))
-        };
-        let holders = select_holders(
-            &mut tx,
-            entries
-                .iter()
-                .zip(verdicts.iter_mut())
-                .filter(missed)
-                .map(|(e, _)| e),
-        )
-        .await?;
-        for (entry, verdict) in entries.iter().zip(verdicts.iter_mut()).filter(missed) {
-            *verdict = match holders.get(&(entry.campaign, entry.user.clone())) {
-                Some(key) if *key == entry.key => Verdict::AlreadyStored,
-                Some(_) => Verdict::Reject(RejectReason::UserHoldsOtherKey),
-                None => Verdict::Reject(RejectReason::SeqTaken),
-            };
+    // When nothing suggests a conflict, a plain insert (in a savepoint) skips the speculative
+    // insertion ON CONFLICT costs on every row, and returns nothing to decode; a conflict after
+    // all rolls it back and the conflict-tolerant insert runs instead.
+    let mut all_inserted = false;
+    if fits {
+        let mut savepoint = sqlx::Connection::begin(&mut *tx).await?;
+        match insert_all(&mut savepoint, &to_insert).await {
+            Ok(()) => {
+                savepoint.commit().await?;
+                all_inserted = true;
+            }
+            Err(error) if is_unique_violation(&error) => savepoint.rollback().await?,
+            Err(error) => return Err(error),
         }
     }
-
-    let counted: Vec<Uuid> = inserted.iter().map(|(campaign, _)| *campaign).collect();
+    let counted: Vec<Uuid> = if all_inserted {
+        to_insert.iter().map(|e| e.campaign).collect()
+    } else {
+        let inserted = insert_new(&mut tx, &to_insert).await?;
+        // An entry that did not insert is a redelivery of a stored holder, a second key of a
+        // holder, or a voucher number already held by someone else.
+        if inserted.len() < to_insert.len() {
+            reclassify_missed(&mut tx, entries, &mut verdicts, &inserted).await?;
+        }
+        inserted.into_iter().map(|(campaign, _)| campaign).collect()
+    };
     sqlx::query(
         "update campaigns c set redeemed = c.redeemed + n.count
          from (select id, count(*)::int as count from unnest($1::uuid[]) as t (id) group by id) n
@@ -187,13 +166,90 @@ pub async fn store_batch(
 
     tx.commit().await?;
     Ok(BatchSummary {
-        inserted: inserted.len() as u64,
+        inserted: counted.len() as u64,
         already_stored: verdicts
             .iter()
             .filter(|v| **v == Verdict::AlreadyStored)
             .count() as u64,
         rejected: rejected.len() as u64,
     })
+}
+
+const INSERT: &str =
+    "insert into redemptions (campaign_id, user_id, idempotency_key, seq, redeemed_at)
+     select * from unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::timestamptz[])";
+
+/// Inserts every entry in one statement; fails on any conflict with a stored row.
+async fn insert_all(
+    tx: &mut sqlx::PgConnection,
+    entries: &[&OutboxEntry],
+) -> Result<(), sqlx::Error> {
+    bind_entries(sqlx::query(INSERT), entries)
+        .execute(tx)
+        .await
+        .map(|_| ())
+}
+
+/// Inserts the entries that conflict with no stored row; returns the (campaign, user) of each.
+async fn insert_new(
+    tx: &mut sqlx::PgConnection,
+    entries: &[&OutboxEntry],
+) -> Result<Vec<(Uuid, String)>, sqlx::Error> {
+    let sql = format!("{INSERT} on conflict do nothing returning campaign_id, user_id");
+    let rows = bind_entries(sqlx::query(&sql), entries)
+        .fetch_all(tx)
+        .await?;
+    rows.iter()
+        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+        .collect()
+}
+
+/// Binds the entries' columns, as arrays, to `$1..$5` of `INSERT`.
+fn bind_entries<'q>(
+    query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    entries: &[&'q OutboxEntry],
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    query
+        .bind(entries.iter().map(|e| e.campaign).collect::<Vec<_>>())
+        .bind(entries.iter().map(|e| e.user.as_str()).collect::<Vec<_>>())
+        .bind(entries.iter().map(|e| e.key.as_str()).collect::<Vec<_>>())
+        .bind(entries.iter().map(|e| e.seq).collect::<Vec<_>>())
+        .bind(entries.iter().map(|e| e.at).collect::<Vec<_>>())
+}
+
+fn is_unique_violation(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505"))
+}
+
+/// Decides again each entry meant for insertion that did not insert: a redelivery of a stored
+/// holder, a second key of a holder, or a voucher number someone else holds.
+async fn reclassify_missed(
+    tx: &mut sqlx::PgConnection,
+    entries: &[OutboxEntry],
+    verdicts: &mut [Verdict],
+    inserted: &[(Uuid, String)],
+) -> Result<(), sqlx::Error> {
+    let inserted: HashSet<(Uuid, &str)> = inserted.iter().map(|(c, u)| (*c, u.as_str())).collect();
+    let missed = |(entry, verdict): &(&OutboxEntry, &mut Verdict)| {
+        **verdict == Verdict::Insert && !inserted.contains(&(entry.campaign, entry.user.as_str()))
+    };
+    let holders = select_holders(
+        &mut *tx,
+        entries
+            .iter()
+            .zip(verdicts.iter_mut())
+            .filter(missed)
+            .map(|(e, _)| e),
+    )
+    .await?;
+    for (entry, verdict) in entries.iter().zip(verdicts.iter_mut()).filter(missed) {
+        *verdict = match holders.get(&(entry.campaign, entry.user.clone())) {
+            Some(key) if *key == entry.key => Verdict::AlreadyStored,
+            Some(_) => Verdict::Reject(RejectReason::UserHoldsOtherKey),
+            None => Verdict::Reject(RejectReason::SeqTaken),
+        };
+    }
+    Ok(())
 }
 
 /// The stored idempotency key of each (campaign, user) among `entries` that holds a voucher.
