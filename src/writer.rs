@@ -46,6 +46,9 @@ pub struct Writer {
     consumer: String,
     settings: WriterSettings,
     last_claim: Mutex<Option<Instant>>,
+    /// Where the next claim scan of the pending list starts: XAUTOCLAIM looks at a bounded
+    /// number of entries per call, so each call continues where the last one stopped.
+    claim_from: Mutex<String>,
 }
 
 impl Writer {
@@ -62,6 +65,7 @@ impl Writer {
             consumer,
             settings,
             last_claim: Mutex::new(None),
+            claim_from: Mutex::new("0-0".to_owned()),
         }
     }
 
@@ -181,16 +185,18 @@ impl Writer {
     pub async fn claim(&self, outbox: &str) -> anyhow::Result<Vec<OutboxEntry>> {
         let mut con = self.redis.get().await?;
         let options = StreamAutoClaimOptions::default().count(self.settings.batch_size);
+        let from = self.claim_from.lock().expect("never poisoned").clone();
         let reply: StreamAutoClaimReply = con
             .xautoclaim_options(
                 outbox,
                 WRITER_GROUP,
                 &self.consumer,
                 self.settings.claim_idle.as_millis() as u64,
-                "0-0",
+                from,
                 options,
             )
             .await?;
+        *self.claim_from.lock().expect("never poisoned") = reply.next_stream_id.clone();
         if !reply.claimed.is_empty() {
             tracing::info!(%outbox, count = reply.claimed.len(), "claimed entries of a stalled consumer");
         }

@@ -150,6 +150,7 @@ impl Sides {
 
         // Holders only Redis has, so far; some are merely on their way.
         let mut candidates = Vec::new();
+        let mut seen = HashSet::new();
         if redis.is_some() {
             let mut cursor = 0_u64;
             loop {
@@ -166,10 +167,11 @@ impl Sides {
                     .into_iter()
                     .map(|(user, _)| user)
                     .collect();
+                // HSCAN may return a field twice: each candidate is kept once.
                 candidates.extend(
                     chunk
                         .into_iter()
-                        .filter(|(user, _)| !known.contains(user))
+                        .filter(|(user, _)| !known.contains(user) && seen.insert(user.clone()))
                         .map(|(user, key)| Holder { user, key }),
                 );
                 cursor = next;
@@ -214,12 +216,24 @@ impl Sides {
         for chunk in rejected_rows.chunks(HOLDERS_CHUNK as usize) {
             let users: Vec<&str> = chunk.iter().map(|r| r.user_id.as_str()).collect();
             let held = redis_keys_of(&mut con, &keys, redis.is_some(), &users).await?;
-            rejected.extend(chunk.iter().zip(held).map(|(row, held)| RejectedEntry {
-                still_in_redis: held.as_deref() == Some(row.idempotency_key.as_str()),
-                user: row.user_id.clone(),
-                key: row.idempotency_key.clone(),
-                seq: row.seq,
-                reason: row.reason.clone(),
+            // A refused pair granted again later and now stored or queued is a holder, not a
+            // refusal still open: repair must not take it away.
+            let stored_now: HashSet<String> = stored::holders_among(&self.db, id, &users)
+                .await?
+                .into_iter()
+                .map(|(user, _)| user)
+                .collect();
+            rejected.extend(chunk.iter().zip(held).map(|(row, held)| {
+                RejectedEntry {
+                    still_in_redis: held.as_deref() == Some(row.idempotency_key.as_str())
+                        && !stored_now.contains(&row.user_id)
+                        && !queued_holders
+                            .contains(&(row.user_id.as_str(), row.idempotency_key.as_str())),
+                    user: row.user_id.clone(),
+                    key: row.idempotency_key.clone(),
+                    seq: row.seq,
+                    reason: row.reason.clone(),
+                }
             }));
         }
 

@@ -21,10 +21,16 @@ pub async fn check(con: &mut impl AsyncCommands, db: &PgPool) -> anyhow::Result<
     let seen = store::setting(db, SEEN_SETTING).await?;
     let current: Option<String> = con.get(MARKER).await?;
     if let Some(current) = current {
-        if seen.as_deref() != Some(current.as_str()) {
-            store::record_setting(db, SEEN_SETTING, &current).await?;
+        if seen.as_deref() == Some(current.as_str()) {
+            return Ok(false);
         }
-        return Ok(false);
+        store::record_setting(db, SEEN_SETTING, &current).await?;
+        // Another marker than the one recorded: a Redis that lost its data, re-marked by a
+        // process that stopped before it could report it, or another Redis altogether.
+        return match seen {
+            Some(_) => report_loss(db).await.map(|()| true),
+            None => Ok(false),
+        };
     }
     let marker = Uuid::new_v4().to_string();
     let written: bool = redis::cmd("SET")
@@ -42,11 +48,16 @@ pub async fn check(con: &mut impl AsyncCommands, db: &PgPool) -> anyhow::Result<
     if seen.is_none() {
         return Ok(false);
     }
+    report_loss(db).await?;
+    Ok(true)
+}
+
+async fn report_loss(db: &PgPool) -> anyhow::Result<()> {
     let now = OffsetDateTime::now_utc().format(&Rfc3339)?;
     store::record_setting(db, LOST_SETTING, &now).await?;
     tracing::error!(
         "Redis came back without its data: redemptions it acknowledged but had not handed to \
          PostgreSQL are lost; campaigns reload from PostgreSQL; run `voucher-gateway reconcile`"
     );
-    Ok(true)
+    Ok(())
 }

@@ -216,3 +216,27 @@ async fn an_unknown_campaign_exits_1_and_an_unreachable_server_exits_2() {
     );
     assert!(!failed.stderr.contains("panicked"), "{}", failed.stderr);
 }
+
+#[tokio::test]
+async fn a_refused_pair_granted_again_and_stored_is_a_holder_not_an_open_refusal() {
+    let app = TestApp::spawn().await;
+    let id = app.create_campaign(5).await;
+    app.redeem(id, "again", "k").await;
+    app.wait_persisted(id, 1).await;
+    // Refused once (Redis had lost state), granted again and stored since.
+    sqlx::query(
+        "insert into rejected_redemptions (campaign_id, user_id, idempotency_key, seq, redeemed_at, reason)
+         values ($1, 'again', 'k', 1, now(), 'sold_out')",
+    )
+    .bind(id.as_uuid())
+    .execute(&app.db)
+    .await
+    .unwrap();
+
+    let repaired = check(id, true).await;
+    assert_eq!(repaired.code, 0, "{:#}", repaired.report);
+    let campaign = repaired.campaign(id);
+    assert_eq!(campaign["rejected"][0]["still_in_redis"], false);
+    assert!(campaign.get("repaired").is_none(), "nothing to repair");
+    assert!(app.redeem(id, "again", "k").await.replayed);
+}
