@@ -4,6 +4,7 @@ import http from 'k6/http';
 import { check } from 'k6';
 import exec from 'k6/execution';
 import { Counter, Gauge } from 'k6/metrics';
+import { Options, Scenario } from 'k6/options';
 
 export const BASE_URL: string = __ENV.BASE_URL || 'http://127.0.0.1:8080';
 const JSON_HEADERS = { headers: { 'Content-Type': 'application/json' } };
@@ -243,5 +244,25 @@ export function summarize(name: string, data: Data) {
   return {
     stdout: table,
     [`${dir}/${name}.json`]: JSON.stringify(result, null, 2),
+  };
+}
+
+/** A campaign suite's k6 options: its one scenario, the percentiles, the thresholds. */
+export function suiteOptions(name: string, scenario: Scenario, defaultP99Ms: number): Options {
+  return {
+    scenarios: { [name]: scenario },
+    summaryTrendStats: SUMMARY_TREND_STATS,
+    thresholds: thresholds(defaultP99Ms),
+  };
+}
+
+/** The lifecycle of a campaign suite: a campaign of `total` vouchers in setup, the mix in each
+ * iteration, the final check in teardown, the summary files. */
+export function campaignSuite(name: string, total: number) {
+  return {
+    setup: (): Campaign => createCampaign(total, `k6 ${name}`),
+    iterate: (campaign: Campaign): void => iteration(campaign),
+    teardown: (campaign: Campaign): void => finalCheck(campaign),
+    handleSummary: (data: Data) => summarize(name, data),
   };
 }
