@@ -115,7 +115,7 @@ pub struct RedisConfig {
     pub redis_url: String,
     /// Connections in the pool for the writers and hydration (the redeem path shares one
     /// multiplexed connection). Needs one per writer loop (shards x consumers) plus headroom.
-    #[arg(long, env = "VG_REDIS_POOL_SIZE", default_value_t = 48)]
+    #[arg(long, env = "VG_REDIS_POOL_SIZE", default_value_t = 64)]
     pub redis_pool_size: usize,
     /// Longest wait for a Redis connection or reply; past it a redeem answers 503.
     #[arg(long, env = "VG_REDIS_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
@@ -133,8 +133,9 @@ pub struct WriterConfig {
     /// How long an outbox entry may stay pending with one writer before another claims it.
     #[arg(long, env = "VG_CLAIM_IDLE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub claim_idle_timeout: Duration,
-    /// Writer loops per shard; two let one read and acknowledge while the other commits.
-    #[arg(long, env = "VG_WRITER_CONSUMERS", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=16))]
+    /// Writer loops per shard: while one holds the campaign locks to commit, the others read,
+    /// insert and acknowledge.
+    #[arg(long, env = "VG_WRITER_CONSUMERS", default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=16))]
     pub writer_consumers: u16,
     /// Do not run outbox writers in this process (another process writes).
     #[arg(long, env = "VG_NO_WRITER")]

@@ -1,7 +1,8 @@
-//! Persisting a batch of outbox entries: one transaction, campaign rows locked once in id order,
-//! every entry classified (insert, already stored, refused) before anything is written.
+//! Persisting a batch of outbox entries in one transaction. The common batch (all new, room left)
+//! is inserted first and confirmed under the campaign row locks; any other is classified entry by
+//! entry (insert, already stored, refused) under those locks before anything is written.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use sqlx::{PgPool, Row};
 use time::OffsetDateTime;
@@ -66,31 +67,57 @@ pub async fn store_batch(
     pool: &PgPool,
     entries: &[OutboxEntry],
 ) -> Result<BatchSummary, sqlx::Error> {
+    if let Some(summary) = store_all_new(pool, entries).await? {
+        return Ok(summary);
+    }
+    store_classified(pool, entries).await
+}
+
+/// The common case, with the campaign rows locked only for the last moment: every entry is new
+/// and every campaign has room. Inserts the batch with a plain insert (no speculative insertion,
+/// nothing returned), then locks the campaigns in id order and confirms their room under the
+/// lock, so two writers' inserts overlap and only their counter updates take turns. `None`, with
+/// nothing written, when any of that does not hold.
+async fn store_all_new(
+    pool: &PgPool,
+    entries: &[OutboxEntry],
+) -> Result<Option<BatchSummary>, sqlx::Error> {
+    let wanted = wanted(entries);
+    let campaigns: Vec<Uuid> = wanted.keys().copied().collect();
     let mut tx = pool.begin().await?;
+    if !fits(&wanted, &room(&mut tx, &campaigns, Lock::None).await?) {
+        return Ok(None);
+    }
+    let all: Vec<&OutboxEntry> = entries.iter().collect();
+    match insert_all(&mut tx, &all).await {
+        Ok(()) => {}
+        Err(error) if is_unique_violation(&error) => return Ok(None),
+        Err(error) => return Err(error),
+    }
+    if !fits(&wanted, &room(&mut tx, &campaigns, Lock::ForUpdate).await?) {
+        return Ok(None);
+    }
+    add_redeemed(&mut tx, &all.iter().map(|e| e.campaign).collect::<Vec<_>>()).await?;
+    tx.commit().await?;
+    Ok(Some(BatchSummary {
+        inserted: entries.len() as u64,
+        ..BatchSummary::default()
+    }))
+}
 
-    let mut campaign_ids: Vec<Uuid> = entries.iter().map(|e| e.campaign).collect();
-    campaign_ids.sort_unstable();
-    campaign_ids.dedup();
-    // Lock in id order, once per batch, so two writers can never deadlock.
-    let capacity: HashMap<Uuid, i32> = sqlx::query_as::<_, (Uuid, i32)>(
-        "select id, total - redeemed from campaigns where id = any($1) order by id for update",
-    )
-    .bind(&campaign_ids)
-    .fetch_all(&mut *tx)
-    .await?
-    .into_iter()
-    .collect();
-
+/// Every other case: the campaign rows locked first, each entry classified (insert, already
+/// stored, refused) against them and the stored holders, then written.
+async fn store_classified(
+    pool: &PgPool,
+    entries: &[OutboxEntry],
+) -> Result<BatchSummary, sqlx::Error> {
+    let wanted = wanted(entries);
+    let campaigns: Vec<Uuid> = wanted.keys().copied().collect();
+    let mut tx = pool.begin().await?;
+    let capacity = room(&mut tx, &campaigns, Lock::ForUpdate).await?;
     // Redeliveries and refusals are rare: when every campaign has room for all its entries, skip
     // looking up stored holders and let the insert's conflicts point at the few that need it.
-    let mut wanted: HashMap<Uuid, i32> = HashMap::new();
-    for entry in entries {
-        *wanted.entry(entry.campaign).or_default() += 1;
-    }
-    let fits = wanted
-        .iter()
-        .all(|(campaign, n)| capacity.get(campaign).is_some_and(|left| left >= n));
-    let stored = if fits {
+    let stored = if fits(&wanted, &capacity) {
         HashMap::new()
     } else {
         select_holders(&mut tx, entries.iter()).await?
@@ -104,40 +131,14 @@ pub async fn store_batch(
         .map(|(e, _)| e)
         .collect();
 
-    // When nothing suggests a conflict, a plain insert (in a savepoint) skips the speculative
-    // insertion ON CONFLICT costs on every row, and returns nothing to decode; a conflict after
-    // all rolls it back and the conflict-tolerant insert runs instead.
-    let mut all_inserted = false;
-    if fits {
-        let mut savepoint = sqlx::Connection::begin(&mut *tx).await?;
-        match insert_all(&mut savepoint, &to_insert).await {
-            Ok(()) => {
-                savepoint.commit().await?;
-                all_inserted = true;
-            }
-            Err(error) if is_unique_violation(&error) => savepoint.rollback().await?,
-            Err(error) => return Err(error),
-        }
+    let inserted = insert_new(&mut tx, &to_insert).await?;
+    // An entry that did not insert is a redelivery of a stored holder, a second key of a holder,
+    // or a voucher number already held by someone else.
+    if inserted.len() < to_insert.len() {
+        reclassify_missed(&mut tx, entries, &mut verdicts, &inserted).await?;
     }
-    let counted: Vec<Uuid> = if all_inserted {
-        to_insert.iter().map(|e| e.campaign).collect()
-    } else {
-        let inserted = insert_new(&mut tx, &to_insert).await?;
-        // An entry that did not insert is a redelivery of a stored holder, a second key of a
-        // holder, or a voucher number already held by someone else.
-        if inserted.len() < to_insert.len() {
-            reclassify_missed(&mut tx, entries, &mut verdicts, &inserted).await?;
-        }
-        inserted.into_iter().map(|(campaign, _)| campaign).collect()
-    };
-    sqlx::query(
-        "update campaigns c set redeemed = c.redeemed + n.count
-         from (select id, count(*)::int as count from unnest($1::uuid[]) as t (id) group by id) n
-         where c.id = n.id",
-    )
-    .bind(&counted)
-    .execute(&mut *tx)
-    .await?;
+    let counted: Vec<Uuid> = inserted.into_iter().map(|(campaign, _)| campaign).collect();
+    add_redeemed(&mut tx, &counted).await?;
 
     let rejected: Vec<(&OutboxEntry, RejectReason)> = entries
         .iter()
@@ -173,6 +174,59 @@ pub async fn store_batch(
             .count() as u64,
         rejected: rejected.len() as u64,
     })
+}
+
+/// How many entries each campaign of the batch has, in campaign id order.
+fn wanted(entries: &[OutboxEntry]) -> BTreeMap<Uuid, i32> {
+    let mut wanted = BTreeMap::new();
+    for entry in entries {
+        *wanted.entry(entry.campaign).or_default() += 1;
+    }
+    wanted
+}
+
+/// Whether every campaign has room for all its entries (an unknown campaign has none).
+fn fits(wanted: &BTreeMap<Uuid, i32>, room: &HashMap<Uuid, i32>) -> bool {
+    wanted
+        .iter()
+        .all(|(campaign, n)| room.get(campaign).is_some_and(|left| left >= n))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lock {
+    None,
+    /// The rows stay locked until the transaction ends; taken in id order, so two writers can
+    /// never deadlock.
+    ForUpdate,
+}
+
+/// The vouchers each campaign has left.
+async fn room(
+    tx: &mut sqlx::PgConnection,
+    campaigns: &[Uuid],
+    lock: Lock,
+) -> Result<HashMap<Uuid, i32>, sqlx::Error> {
+    let sql = match lock {
+        Lock::None => "select id, total - redeemed from campaigns where id = any($1)",
+        Lock::ForUpdate => {
+            "select id, total - redeemed from campaigns where id = any($1) order by id for update"
+        }
+    };
+    let rows: Vec<(Uuid, i32)> = sqlx::query_as(sql).bind(campaigns).fetch_all(tx).await?;
+    Ok(rows.into_iter().collect())
+}
+
+/// Adds one to `campaigns.redeemed` per element of `campaigns` (one per row inserted).
+async fn add_redeemed(tx: &mut sqlx::PgConnection, campaigns: &[Uuid]) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "update campaigns c set redeemed = c.redeemed + n.count
+         from (select id, count(*)::int as count from unnest($1::uuid[]) as t (id) group by id) n
+         where c.id = n.id",
+    )
+    .bind(campaigns)
+    .execute(tx)
+    .await?;
+    Ok(())
 }
 
 const INSERT: &str =
