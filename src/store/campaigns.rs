@@ -14,6 +14,13 @@ pub struct CampaignRow {
     pub last_seq: i64,
 }
 
+/// The highest voucher number PostgreSQL has seen for campaign `$1`, stored or refused.
+pub(super) const LAST_SEQ: &str = "greatest(
+        (select max(seq) from redemptions where campaign_id = $1),
+        (select max(seq) from rejected_redemptions where campaign_id = $1),
+        0
+    )::bigint";
+
 /// How many holders one hydration step reads and loads.
 pub const HOLDERS_CHUNK: i64 = 1_000;
 
@@ -38,15 +45,9 @@ pub async fn select_campaign(
     pool: &PgPool,
     id: CampaignId,
 ) -> Result<Option<CampaignRow>, sqlx::Error> {
-    sqlx::query_as(
-        "select id, name, total, redeemed,
-                greatest(
-                    (select max(seq) from redemptions where campaign_id = $1),
-                    (select max(seq) from rejected_redemptions where campaign_id = $1),
-                    0
-                )::bigint as last_seq
-         from campaigns where id = $1",
-    )
+    sqlx::query_as(&format!(
+        "select id, name, total, redeemed, {LAST_SEQ} as last_seq from campaigns where id = $1"
+    ))
     .bind(id.as_uuid())
     .fetch_optional(pool)
     .await

@@ -4,6 +4,7 @@
 use sqlx::{FromRow, PgPool};
 use uuid::Uuid;
 
+use super::campaigns::LAST_SEQ;
 use crate::domain::CampaignId;
 
 /// How many campaigns one page of the campaign list holds.
@@ -58,17 +59,13 @@ pub async fn stored_counts(
     pool: &PgPool,
     id: CampaignId,
 ) -> Result<Option<StoredCounts>, sqlx::Error> {
-    sqlx::query_as(
+    sqlx::query_as(&format!(
         "select name, total, redeemed,
                 (select count(*) from redemptions where campaign_id = $1) as rows,
-                greatest(
-                    (select max(seq) from redemptions where campaign_id = $1),
-                    (select max(seq) from rejected_redemptions where campaign_id = $1),
-                    0
-                )::bigint as last_seq,
+                {LAST_SEQ} as last_seq,
                 (select count(*) from lost_redemptions where campaign_id = $1) as recorded_lost
-         from campaigns where id = $1",
-    )
+         from campaigns where id = $1"
+    ))
     .bind(id.as_uuid())
     .fetch_optional(pool)
     .await
