@@ -162,11 +162,7 @@ impl Sides {
                     .query_async(&mut con)
                     .await?;
                 let users: Vec<&str> = chunk.iter().map(|(user, _)| user.as_str()).collect();
-                let known: HashSet<String> = stored::holders_among(&self.db, id, &users)
-                    .await?
-                    .into_iter()
-                    .map(|(user, _)| user)
-                    .collect();
+                let known = stored::holders_among(&self.db, id, &users).await?;
                 // HSCAN may return a field twice: each candidate is kept once.
                 candidates.extend(
                     chunk
@@ -194,11 +190,7 @@ impl Sides {
         let mut lost_from_outbox = Vec::new();
         for chunk in candidates.chunks(HOLDERS_CHUNK as usize) {
             let users: Vec<&str> = chunk.iter().map(|h| h.user.as_str()).collect();
-            let stored_now: HashSet<String> = stored::holders_among(&self.db, id, &users)
-                .await?
-                .into_iter()
-                .map(|(user, _)| user)
-                .collect();
+            let stored_now = stored::holders_among(&self.db, id, &users).await?;
             lost_from_outbox.extend(
                 chunk
                     .iter()
@@ -218,11 +210,7 @@ impl Sides {
             let held = redis_keys_of(&mut con, &keys, redis.is_some(), &users).await?;
             // A refused pair granted again later and now stored or queued is a holder, not a
             // refusal still open: repair must not take it away.
-            let stored_now: HashSet<String> = stored::holders_among(&self.db, id, &users)
-                .await?
-                .into_iter()
-                .map(|(user, _)| user)
-                .collect();
+            let stored_now = stored::holders_among(&self.db, id, &users).await?;
             rejected.extend(chunk.iter().zip(held).map(|(row, held)| {
                 RejectedEntry {
                     still_in_redis: held.as_deref() == Some(row.idempotency_key.as_str())

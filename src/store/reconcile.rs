@@ -1,6 +1,8 @@
 //! The queries of `voucher-gateway reconcile`: PostgreSQL's side of a campaign, read in bounded
 //! pieces, and the repairs that make PostgreSQL's own counters agree with its rows.
 
+use std::collections::HashSet;
+
 use sqlx::{FromRow, PgPool};
 use uuid::Uuid;
 
@@ -71,20 +73,20 @@ pub async fn stored_counts(
     .await
 }
 
-/// The stored (userId, idempotencyKey) of those of `users` who hold a voucher.
+/// Those of `users` who hold a voucher of the campaign in PostgreSQL.
 pub async fn holders_among(
     pool: &PgPool,
     id: CampaignId,
     users: &[&str],
-) -> Result<Vec<(String, String)>, sqlx::Error> {
-    sqlx::query_as(
-        "select user_id, idempotency_key from redemptions
-         where campaign_id = $1 and user_id = any($2)",
+) -> Result<HashSet<String>, sqlx::Error> {
+    let holders: Vec<String> = sqlx::query_scalar(
+        "select user_id from redemptions where campaign_id = $1 and user_id = any($2)",
     )
     .bind(id.as_uuid())
     .bind(users)
     .fetch_all(pool)
-    .await
+    .await?;
+    Ok(holders.into_iter().collect())
 }
 
 /// Every refused entry of a campaign, in the order they were refused.
