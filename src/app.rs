@@ -10,15 +10,17 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use crate::{
     config::{DatabaseConfig, ServeConfig, redacted},
     gateway::Gateway,
+    health::Probe,
     http,
     redis::{self as vg_redis, keys::Shards},
-    store,
+    store, telemetry,
     writer::Writer,
 };
 
 pub struct App {
     listener: TcpListener,
     gateway: Arc<Gateway>,
+    probe: Arc<Probe>,
     /// One writer per loop: (outbox stream, its writer).
     writers: Vec<(String, Writer)>,
     config: ServeConfig,
@@ -99,13 +101,25 @@ impl App {
                 (outbox, writer)
             })
             .collect();
+        let probe = Arc::new(Probe::new(
+            manager.clone(),
+            db.clone(),
+            shards,
+            config.ready_max_outbox_lag,
+        ));
         let gateway = Arc::new(Gateway::new(manager, pool, db, shards, config.absent_ttl));
+        if config.admin_token.as_deref().unwrap_or_default().is_empty() {
+            tracing::warn!(
+                "VG_ADMIN_TOKEN is not set: ANYONE who can reach this port can create campaigns"
+            );
+        }
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         Ok(Self {
             listener,
             gateway,
+            probe,
             writers,
             config,
         })
@@ -130,10 +144,18 @@ impl App {
             let cancel = cancel.clone();
             tasks.spawn(async move { writer.run(outbox, cancel).await });
         }
+        let metrics = telemetry::metrics::handle();
+        let upkeep = tokio::spawn(async move {
+            let mut every = tokio::time::interval(telemetry::metrics::UPKEEP_INTERVAL);
+            loop {
+                every.tick().await;
+                metrics.run_upkeep();
+            }
+        });
         tasks.close();
         tracing::info!(%address, shards = self.gateway.shards().count(), "serving");
 
-        let router = http::router(self.gateway.clone());
+        let router = http::router(self.gateway, self.probe, &self.config.http_settings());
         let stopping = CancellationToken::new();
         let stop_signal = stopping.clone();
         let server = axum::serve(self.listener, router)
@@ -157,6 +179,7 @@ impl App {
                 "writers did not finish within the shutdown timeout; their entries stay pending"
             );
         }
+        upkeep.abort();
         tracing::info!("stopped");
         served
     }

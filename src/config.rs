@@ -4,7 +4,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::{domain::CampaignId, writer::WriterSettings};
+use crate::{domain::CampaignId, http::HttpSettings, writer::WriterSettings};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -79,6 +79,24 @@ pub struct ServeConfig {
     /// Longest wait at shutdown for requests in flight and the writers' last batches.
     #[arg(long, env = "VG_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
+    /// Bearer token that `POST /campaigns` requires. Unset (or empty), anyone can create
+    /// campaigns, and `serve` says so loudly at start. Prefer the variable to the flag: flags
+    /// show in process lists.
+    #[arg(long, env = "VG_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Bearer token that redeems require, when set.
+    #[arg(long, env = "VG_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+    /// Campaign API requests in flight at once; beyond it requests are refused at once with
+    /// 503 and Retry-After instead of queueing.
+    #[arg(long, env = "VG_CONCURRENCY_LIMIT", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub concurrency_limit: u32,
+    /// Longest a campaign API request may take (body read included) before it is answered 503.
+    #[arg(long, env = "VG_REQUEST_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
+    /// `GET /ready` fails when the oldest redemption not yet written to PostgreSQL is older.
+    #[arg(long, env = "VG_READY_MAX_OUTBOX_LAG", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub ready_max_outbox_lag: Duration,
     #[command(flatten)]
     pub database: DatabaseConfig,
     #[command(flatten)]
@@ -143,6 +161,15 @@ pub struct WriterConfig {
 }
 
 impl ServeConfig {
+    pub fn http_settings(&self) -> HttpSettings {
+        HttpSettings {
+            admin_token: self.admin_token.clone(),
+            api_token: self.api_token.clone(),
+            concurrency_limit: self.concurrency_limit as usize,
+            request_timeout: self.request_timeout,
+        }
+    }
+
     pub fn writer_settings(&self) -> WriterSettings {
         WriterSettings {
             batch_size: self.writer.writer_batch_size.into(),

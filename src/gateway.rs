@@ -4,9 +4,10 @@
 use std::{
     collections::{HashMap, HashSet},
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
+use metrics::{counter, histogram};
 use redis::aio::ConnectionManager;
 use serde::Serialize;
 use sqlx::PgPool;
@@ -19,6 +20,7 @@ use crate::{
         scripts::{self, Decision, Hydration},
     },
     store,
+    telemetry::metrics::{HYDRATIONS, REDEEM_SCRIPT_DURATION},
 };
 
 /// How often an operation hydrates and retries before giving up on a campaign that keeps
@@ -146,7 +148,10 @@ impl Gateway {
         let keys = self.shards.campaign(id);
         let mut con = self.redis.clone();
         for _ in 0..LOAD_ATTEMPTS {
-            match scripts::redeem(&mut con, &keys, id, user, key).await? {
+            let started = Instant::now();
+            let decision = scripts::redeem(&mut con, &keys, id, user, key).await;
+            histogram!(REDEEM_SCRIPT_DURATION).record(started.elapsed().as_secs_f64());
+            match decision? {
                 Decision::NotLoaded => self.ensure_loaded(id).await?,
                 Decision::Redeemed { seq } => {
                     self.record_answered(id, seq);
@@ -200,9 +205,19 @@ impl Gateway {
 
     /// Hydrates a campaign once per process at a time; `NotFound` if PostgreSQL does not know it.
     async fn ensure_loaded(&self, id: CampaignId) -> Result<(), GatewayError> {
+        let hydrate = async {
+            let presence = self.hydrate(id).await;
+            let result = match &presence {
+                Ok(Presence::Loaded) => "loaded",
+                Ok(Presence::Absent) => "absent",
+                Err(_) => "failed",
+            };
+            counter!(HYDRATIONS, "result" => result).increment(1);
+            presence
+        };
         let presence = self
             .lookups
-            .try_get_with(id, self.hydrate(id))
+            .try_get_with(id, hydrate)
             .await
             .map_err(|error| Arc::try_unwrap(error).unwrap_or_else(GatewayError::Shared))?;
         match presence {

@@ -2,11 +2,12 @@
 //!
 //! - `domain`: the values of the API, parsed once at the edge
 //! - `config`: every setting, as flags and environment variables
-//! - `telemetry`: logging
+//! - `telemetry`: logging and metrics
 //! - `redis`: the key layout, the Lua scripts and the connections
 //! - `store`: PostgreSQL, the system of record
 //! - `gateway`: the operations (create, redeem, summary, hydration)
 //! - `writer`: the outbox consumer that persists redemptions
+//! - `health`: readiness checks
 //! - `reconcile`: comparing Redis with PostgreSQL, and repairing the difference
 //! - `http`: the API
 //! - `app`: building and running the whole service
@@ -15,6 +16,7 @@ pub mod app;
 pub mod config;
 pub mod domain;
 pub mod gateway;
+pub mod health;
 pub mod http;
 pub mod reconcile;
 pub mod redis;

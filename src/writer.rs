@@ -9,9 +9,13 @@ use std::{
 };
 
 use anyhow::Context;
+use metrics::{counter, histogram};
 use redis::{
     AsyncCommands,
-    streams::{StreamAutoClaimOptions, StreamAutoClaimReply, StreamReadOptions, StreamReadReply},
+    streams::{
+        StreamAutoClaimOptions, StreamAutoClaimReply, StreamRangeReply, StreamReadOptions,
+        StreamReadReply,
+    },
 };
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -20,6 +24,10 @@ use uuid::Uuid;
 use crate::{
     redis::{keys::WRITER_GROUP, marker, outbox, scripts},
     store::{self, BatchSummary, OutboxEntry},
+    telemetry::metrics::{
+        WRITER_BATCH_SIZE, WRITER_CLAIMED, WRITER_COMMIT_DURATION, WRITER_ERRORS, WRITER_REJECTED,
+        WRITER_ROWS,
+    },
 };
 
 /// The first and the longest pause between retries after an error.
@@ -69,7 +77,8 @@ impl Writer {
         }
     }
 
-    /// Runs steps on one outbox until `cancel`; the batch in hand is committed before returning.
+    /// Runs steps on one outbox until `cancel`; then commits the batch in hand and drains what
+    /// is queued before returning.
     pub async fn run(&self, outbox: String, cancel: CancellationToken) {
         let mut backoff = Backoff::default();
         let mut group_ready = false;
@@ -85,6 +94,7 @@ impl Writer {
             match result {
                 Ok(_) => backoff = Backoff::default(),
                 Err(error) => {
+                    counter!(WRITER_ERRORS).increment(1);
                     // The stream and its group vanish with a Redis that restarted empty.
                     group_ready = false;
                     tracing::warn!(%outbox, error = format!("{error:#}"), "writer step failed; retrying");
@@ -94,6 +104,9 @@ impl Writer {
                     }
                 }
             }
+        }
+        if let Err(error) = self.drain(&outbox, &cancel).await {
+            tracing::warn!(%outbox, error = format!("{error:#}"), "draining the outbox at shutdown failed; the rest stays queued");
         }
     }
 
@@ -114,7 +127,6 @@ impl Writer {
     /// stored and acknowledged.
     /// Returns how many entries it handled.
     pub async fn step(&self, outbox: &str, cancel: &CancellationToken) -> anyhow::Result<usize> {
-        let started = Instant::now();
         let mut entries = if self.claim_due() {
             self.claim(outbox).await?
         } else {
@@ -123,22 +135,61 @@ impl Writer {
         if entries.is_empty() {
             entries = self.read(outbox).await?;
         }
-        if entries.is_empty() {
-            return Ok(0);
+        self.write(outbox, &entries, cancel).await?;
+        Ok(entries.len())
+    }
+
+    /// At shutdown, once no request is served any more: writes what is queued up to the
+    /// stream's current end, so every redemption this process acknowledged is in PostgreSQL
+    /// before it exits. Entries added later (by other gateways) are left to their writers.
+    async fn drain(&self, outbox: &str, cancel: &CancellationToken) -> anyhow::Result<()> {
+        let end: StreamRangeReply = self
+            .redis
+            .get()
+            .await?
+            .xrevrange_count(outbox, "+", "-", 1)
+            .await?;
+        let Some(end) = end
+            .ids
+            .first()
+            .and_then(|entry| outbox::parse_id(&entry.id))
+        else {
+            return Ok(());
+        };
+        loop {
+            let entries = self.read(outbox).await?;
+            let Some(last) = entries.last().and_then(|entry| outbox::parse_id(&entry.id)) else {
+                return Ok(());
+            };
+            self.write(outbox, &entries, cancel).await?;
+            if last >= end {
+                return Ok(());
+            }
         }
-        let read = started.elapsed();
-        self.store(&entries, cancel).await?;
+    }
+
+    /// Stores entries in one transaction, then acknowledges and deletes them.
+    async fn write(
+        &self,
+        outbox: &str,
+        entries: &[OutboxEntry],
+        cancel: &CancellationToken,
+    ) -> anyhow::Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        self.store(entries, cancel).await?;
         let stored = started.elapsed();
-        self.ack(outbox, &entries).await?;
+        self.ack(outbox, entries).await?;
         tracing::debug!(
             %outbox,
             entries = entries.len(),
-            read_ms = read.as_secs_f64() * 1e3,
-            store_ms = (stored - read).as_secs_f64() * 1e3,
+            store_ms = stored.as_secs_f64() * 1e3,
             ack_ms = (started.elapsed() - stored).as_secs_f64() * 1e3,
             "batch written"
         );
-        Ok(entries.len())
+        Ok(())
     }
 
     /// Reads new entries for this consumer: waits up to `block` for the first, then up to
@@ -198,6 +249,7 @@ impl Writer {
             .await?;
         *self.claim_from.lock().expect("never poisoned") = reply.next_stream_id.clone();
         if !reply.claimed.is_empty() {
+            counter!(WRITER_CLAIMED).increment(reply.claimed.len() as u64);
             tracing::info!(%outbox, count = reply.claimed.len(), "claimed entries of a stalled consumer");
         }
         // A live consumer reads at least every `block`; one silent for this long is gone.
@@ -217,9 +269,14 @@ impl Writer {
         cancel: &CancellationToken,
     ) -> anyhow::Result<BatchSummary> {
         let mut backoff = Backoff::default();
+        let started = Instant::now();
         loop {
             match store::store_batch(&self.db, entries).await {
                 Ok(summary) => {
+                    histogram!(WRITER_COMMIT_DURATION).record(started.elapsed().as_secs_f64());
+                    histogram!(WRITER_BATCH_SIZE).record(entries.len() as f64);
+                    counter!(WRITER_ROWS).increment(summary.inserted);
+                    counter!(WRITER_REJECTED).increment(summary.rejected);
                     if summary.rejected > 0 {
                         tracing::error!(
                             rejected = summary.rejected,
@@ -229,6 +286,7 @@ impl Writer {
                     return Ok(summary);
                 }
                 Err(error) => {
+                    counter!(WRITER_ERRORS).increment(1);
                     tracing::warn!(%error, entries = entries.len(), "storing a batch failed; retrying");
                     tokio::select! {
                         () = cancel.cancelled() => return Err(error).context("stopped before the batch was stored"),

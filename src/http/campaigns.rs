@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use axum::{
-    Json,
+    Extension, Json,
     extract::State,
     http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
@@ -13,6 +13,7 @@ use serde::Deserialize;
 use super::{
     error::ApiError,
     extract::{ApiJson, CampaignPath},
+    observe::OutcomeLabel,
 };
 use crate::{
     domain::{CampaignName, IdempotencyKey, Outcome, Total, UserId},
@@ -67,12 +68,18 @@ pub async fn redeem_voucher(
 ) -> Result<Response, ApiError> {
     let key = idempotency_key(&headers, request.idempotency_key)?;
     let outcome = gateway.redeem(id, &request.user_id, &key).await?;
-    let body = match outcome {
-        Outcome::Redeemed { .. } => r#"{"status":"REDEEMED"}"#,
-        Outcome::AlreadyRedeemed => r#"{"status":"ALREADY_REDEEMED"}"#,
-        Outcome::SoldOut => r#"{"status":"SOLD_OUT"}"#,
+    let (body, label) = match outcome {
+        Outcome::Redeemed { replayed: false } => (r#"{"status":"REDEEMED"}"#, "redeemed"),
+        Outcome::Redeemed { replayed: true } => (r#"{"status":"REDEEMED"}"#, "replayed"),
+        Outcome::AlreadyRedeemed => (r#"{"status":"ALREADY_REDEEMED"}"#, "already_redeemed"),
+        Outcome::SoldOut => (r#"{"status":"SOLD_OUT"}"#, "sold_out"),
     };
-    let mut response = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
+    let mut response = (
+        [(header::CONTENT_TYPE, "application/json")],
+        Extension(OutcomeLabel(label)),
+        body,
+    )
+        .into_response();
     if outcome == (Outcome::Redeemed { replayed: true }) {
         response.headers_mut().insert(
             IDEMPOTENT_REPLAYED.clone(),

@@ -7,6 +7,7 @@ use axum::{
 };
 use serde::Serialize;
 
+use super::observe::OutcomeLabel;
 use crate::gateway::GatewayError;
 
 /// Seconds a client should wait before retrying after a 503.
@@ -28,6 +29,8 @@ pub enum ApiError {
     InvalidBody(String),
     #[error("the Idempotency-Key header and the body's idempotencyKey differ")]
     IdempotencyKeyMismatch,
+    #[error("a valid bearer token is required: Authorization: Bearer <token>")]
+    Unauthorized,
     #[error("no campaign has this id")]
     CampaignNotFound,
     #[error("no such resource")]
@@ -38,6 +41,10 @@ pub enum ApiError {
     RedisUnavailable,
     #[error("the database is unavailable; retry later")]
     DatabaseUnavailable,
+    #[error("the gateway is at its concurrency limit; retry shortly")]
+    Overloaded,
+    #[error("the request did not finish in time; retry (a redeem with the same idempotency key)")]
+    Timeout,
     #[error("internal error")]
     Internal,
 }
@@ -51,11 +58,13 @@ impl ApiError {
             ApiError::InvalidField { .. }
             | ApiError::InvalidBody(_)
             | ApiError::IdempotencyKeyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::CampaignNotFound | ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::RedisUnavailable | ApiError::DatabaseUnavailable => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::RedisUnavailable
+            | ApiError::DatabaseUnavailable
+            | ApiError::Overloaded
+            | ApiError::Timeout => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -70,11 +79,14 @@ impl ApiError {
             ApiError::InvalidField { .. } => "invalid_field",
             ApiError::InvalidBody(_) => "invalid_body",
             ApiError::IdempotencyKeyMismatch => "idempotency_key_mismatch",
+            ApiError::Unauthorized => "unauthorized",
             ApiError::CampaignNotFound => "campaign_not_found",
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::RedisUnavailable => "redis_unavailable",
             ApiError::DatabaseUnavailable => "database_unavailable",
+            ApiError::Overloaded => "overloaded",
+            ApiError::Timeout => "timeout",
             ApiError::Internal => "internal",
         }
     }
@@ -109,6 +121,7 @@ impl IntoResponse for ApiError {
         };
         let body = serde_json::to_vec(&problem).expect("a problem always serializes");
         let mut response = (status, body).into_response();
+        response.extensions_mut().insert(OutcomeLabel(self.code()));
         let headers = response.headers_mut();
         headers.insert(
             header::CONTENT_TYPE,
@@ -119,6 +132,9 @@ impl IntoResponse for ApiError {
                 header::RETRY_AFTER,
                 HeaderValue::from_static(RETRY_AFTER_SECONDS),
             );
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
     }

@@ -1,36 +1,101 @@
-//! The HTTP API: the router, the error type and the extractors. Handlers parse, call the
-//! `Gateway`, and shape the answer; they hold no business logic and no SQL.
+//! The HTTP API: the router, the error type, the extractors and the middleware. Handlers parse,
+//! call the `Gateway`, and shape the answer; they hold no business logic and no SQL.
 
 mod campaigns;
 pub mod error;
 mod extract;
+mod guard;
+mod observe;
+mod ops;
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use axum::{
     Router,
     extract::DefaultBodyLimit,
+    middleware,
     response::{IntoResponse, Response},
-    routing::{get, post},
+    routing::{MethodRouter, get, post},
 };
-use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::{
+    catch_panic::CatchPanicLayer,
+    request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
+    trace::TraceLayer,
+};
 
-use crate::gateway::Gateway;
+use crate::{gateway::Gateway, health::Probe, telemetry};
 use error::ApiError;
+use guard::{Limits, Token};
+use ops::Ops;
 
 /// The largest request body accepted, in bytes.
 pub const BODY_LIMIT: usize = 16 * 1024;
 
-pub fn router(gateway: Arc<Gateway>) -> Router {
-    Router::new()
-        .route("/campaigns", post(campaigns::create_campaign))
+/// The HTTP layer's settings.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    /// Required as a bearer token by `POST /campaigns` when set.
+    pub admin_token: Option<String>,
+    /// Required as a bearer token by redeems when set.
+    pub api_token: Option<String>,
+    /// Campaign API requests in flight at once; more are refused with 503.
+    pub concurrency_limit: usize,
+    /// Longest a campaign API request may take before it is answered 503.
+    pub request_timeout: Duration,
+}
+
+pub fn router(gateway: Arc<Gateway>, probe: Arc<Probe>, settings: &HttpSettings) -> Router {
+    let limits = Limits::new(settings.concurrency_limit, settings.request_timeout);
+    let api = Router::new()
+        .route(
+            "/campaigns",
+            guarded(post(campaigns::create_campaign), &settings.admin_token),
+        )
         .route("/campaigns/{id}", get(campaigns::get_campaign))
-        .route("/campaigns/{id}/redeem", post(campaigns::redeem_voucher))
+        .route(
+            "/campaigns/{id}/redeem",
+            guarded(post(campaigns::redeem_voucher), &settings.api_token),
+        )
+        .route_layer(middleware::from_fn_with_state(limits, guard::limit))
+        .with_state(gateway);
+    let ops = Router::new()
+        .route("/health", get(ops::health))
+        .route("/ready", get(ops::ready))
+        .route("/metrics", get(ops::metrics))
+        .with_state(Ops {
+            probe,
+            metrics: telemetry::metrics::handle(),
+        });
+    // Layers wrap what was added before them: the last one sees the request first.
+    api.merge(ops)
         .fallback(async || ApiError::NotFound)
         .method_not_allowed_fallback(async || ApiError::MethodNotAllowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(CatchPanicLayer::custom(panic_response))
-        .with_state(gateway)
+        .layer(middleware::from_fn(observe::record))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(observe::RequestSpan)
+                .on_failure(()),
+        )
+        .layer(PropagateRequestIdLayer::new(observe::REQUEST_ID.clone()))
+        .layer(SetRequestIdLayer::new(
+            observe::REQUEST_ID.clone(),
+            MakeRequestUuid,
+        ))
+}
+
+/// The route with a bearer token required, when one is configured.
+fn guarded<S>(route: MethodRouter<S>, token: &Option<String>) -> MethodRouter<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    match Token::from_setting(token.as_deref()) {
+        Some(token) => {
+            route.route_layer(middleware::from_fn_with_state(token, guard::require_token))
+        }
+        None => route,
+    }
 }
 
 /// A bug must cost one request a 500 problem, not the connection.

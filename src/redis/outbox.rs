@@ -39,6 +39,12 @@ fn parse_entry(entry: &StreamId) -> Option<OutboxEntry> {
     })
 }
 
+/// A stream entry id (`<ms>-<seq>`) as a pair that orders like the stream.
+pub fn parse_id(id: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = id.split_once('-')?;
+    Some((ms.parse().ok()?, seq.parse().ok()?))
+}
+
 /// Every entry of `campaign` still in `outbox`, in stream order, read page by page.
 pub async fn queued_entries(
     con: &mut impl AsyncCommands,
@@ -59,4 +65,17 @@ pub async fn queued_entries(
         );
     }
     Ok(queued)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_ids_order_like_the_stream() {
+        assert_eq!(parse_id("1700000000000-12"), Some((1_700_000_000_000, 12)));
+        assert!(parse_id("9-10") > parse_id("9-9"));
+        assert!(parse_id("10-0") > parse_id("9-99"));
+        assert_eq!(parse_id("nonsense"), None);
+    }
 }

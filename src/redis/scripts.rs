@@ -1,7 +1,7 @@
 //! Typed wrappers of the Lua scripts in `lua/`: each script is built once, called by SHA and
 //! reloaded on NOSCRIPT (after a Redis restart or failover), and its reply decoded into an enum.
 
-use std::sync::LazyLock;
+use std::{sync::LazyLock, time::Duration};
 
 use redis::{RedisResult, Script, aio::ConnectionLike};
 
@@ -18,6 +18,8 @@ static RESERVE_SEQS: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("../../lua/reserve_seqs.lua")));
 static PRUNE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("../../lua/prune.lua")));
 static ACK: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("../../lua/ack.lua")));
+static OUTBOX_STATS: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../../lua/outbox_stats.lua")));
 
 /// The decision of `redeem.lua`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -179,7 +181,7 @@ pub async fn reserve_seqs(
 pub async fn prune_consumers(
     con: &mut impl ConnectionLike,
     outbox: &str,
-    idle: std::time::Duration,
+    idle: Duration,
     own_name: &str,
 ) -> RedisResult<u64> {
     PRUNE
@@ -189,6 +191,40 @@ pub async fn prune_consumers(
         .arg(own_name)
         .invoke_async(con)
         .await
+}
+
+/// How far one outbox shard's writers are behind (`outbox_stats.lua`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutboxStats {
+    /// Entries in the stream: not yet written to PostgreSQL.
+    pub length: u64,
+    /// Entries a writer has read and not yet acknowledged.
+    pub pending: u64,
+    /// Age of the oldest pending entry.
+    pub oldest_pending_age: Option<Duration>,
+    /// Age of the oldest entry: how far PostgreSQL lags behind the answers given.
+    pub lag: Option<Duration>,
+}
+
+pub async fn outbox_stats(con: &mut impl ConnectionLike, outbox: &str) -> RedisResult<OutboxStats> {
+    let reply: Vec<i64> = OUTBOX_STATS
+        .key(outbox)
+        .arg(WRITER_GROUP)
+        .invoke_async(con)
+        .await?;
+    let [now_ms, length, pending, oldest_pending_ms, oldest_ms] = reply[..] else {
+        return Err(unexpected("outbox_stats.lua", format!("{reply:?}")));
+    };
+    // A negative time means "none"; ids stamped after `now` (a clock step back) count as fresh.
+    let age = |at_ms: i64| {
+        (at_ms >= 0).then(|| Duration::from_millis(u64::try_from(now_ms - at_ms).unwrap_or(0)))
+    };
+    Ok(OutboxStats {
+        length: length.max(0) as u64,
+        pending: pending.max(0) as u64,
+        oldest_pending_age: age(oldest_pending_ms),
+        lag: age(oldest_ms),
+    })
 }
 
 fn unexpected(script: &str, reply: impl std::fmt::Display) -> redis::RedisError {

@@ -285,6 +285,10 @@ impl RedisServer {
         });
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     /// SIGKILL: no shutdown, no save.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

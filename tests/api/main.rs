@@ -8,6 +8,7 @@ mod faults;
 mod helpers;
 mod hydration;
 mod load;
+mod operations;
 mod outages;
 mod persistence;
 mod process;

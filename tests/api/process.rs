@@ -60,10 +60,7 @@ impl GatewayProcess {
         self.child = Some(child);
         let probe = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(30);
-        let url = format!(
-            "{}/campaigns/00000000-0000-0000-0000-000000000000",
-            self.url
-        );
+        let url = format!("{}/health", self.url);
         while probe.get(&url).send().await.is_err() {
             assert!(
                 Instant::now() < deadline,
@@ -81,9 +78,29 @@ impl GatewayProcess {
         }
     }
 
+    /// SIGTERM, then waits (at most `within`) for the process to exit; returns its status.
+    pub async fn terminate(&mut self, within: Duration) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        signal(child.id().expect("running"), "TERM");
+        tokio::time::timeout(within, child.wait())
+            .await
+            .expect("the gateway exits within the deadline")
+            .unwrap()
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().and_then(Child::id).expect("running")
     }
+}
+
+/// Sends a signal (`TERM`, `STOP`, `CONT`, ...) to a process.
+pub fn signal(pid: u32, name: &str) {
+    let sent = std::process::Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(sent.success(), "kill -{name} {pid}");
 }
 
 /// What `voucher-gateway reconcile --format json` printed, and its exit code.

@@ -1,5 +1,7 @@
-//! Logging through `tracing`: human-readable by default, one JSON object per line on request.
-//! The level comes from `RUST_LOG` (default `info`).
+//! Logging through `tracing` (human-readable by default, one JSON object per line on request;
+//! the level comes from `RUST_LOG`, default `info`) and Prometheus metrics.
+
+pub mod metrics;
 
 use tracing_subscriber::{EnvFilter, fmt};
 

@@ -1,0 +1,137 @@
+//! Readiness: whether this process can do its work now. Redis and PostgreSQL answer, every
+//! migration is applied, and the outbox writers keep up (the oldest unwritten entry is younger
+//! than a bound). The same outbox figures feed `/metrics`.
+
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use serde::Serialize;
+use sqlx::PgPool;
+
+use crate::{
+    redis::{
+        keys::{self, Shards},
+        scripts::{self, OutboxStats},
+    },
+    store,
+};
+
+/// Longest wait for any one check: a probe must answer even when a server hangs.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+const OK: &str = "ok";
+
+pub struct Probe {
+    redis: ConnectionManager,
+    db: PgPool,
+    shards: Shards,
+    max_lag: Duration,
+}
+
+/// The answer of `GET /ready`: each check is "ok" or says what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Readiness {
+    pub status: &'static str,
+    pub checks: Checks,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Checks {
+    pub redis: String,
+    pub postgres: String,
+    pub migrations: String,
+    pub outbox: String,
+}
+
+impl Readiness {
+    pub fn is_ready(&self) -> bool {
+        self.status == "ready"
+    }
+}
+
+impl Probe {
+    pub fn new(redis: ConnectionManager, db: PgPool, shards: Shards, max_lag: Duration) -> Self {
+        Self {
+            redis,
+            db,
+            shards,
+            max_lag,
+        }
+    }
+
+    /// Every shard's outbox figures, in shard order.
+    pub async fn outbox_stats(&self) -> anyhow::Result<Vec<OutboxStats>> {
+        let mut con = self.redis.clone();
+        let read = async {
+            let mut all = Vec::with_capacity(self.shards.count().into());
+            for shard in 0..self.shards.count() {
+                all.push(scripts::outbox_stats(&mut con, &keys::outbox(shard)).await?);
+            }
+            anyhow::Ok(all)
+        };
+        tokio::time::timeout(CHECK_TIMEOUT, read)
+            .await
+            .map_err(|_| anyhow::anyhow!("no answer within {CHECK_TIMEOUT:?}"))?
+    }
+
+    pub async fn readiness(&self) -> Readiness {
+        let (outbox, (postgres, migrations)) = tokio::join!(self.outbox_check(), self.db_checks());
+        let (redis, outbox) = outbox;
+        let checks = Checks {
+            redis,
+            postgres,
+            migrations,
+            outbox,
+        };
+        let ready = [
+            &checks.redis,
+            &checks.postgres,
+            &checks.migrations,
+            &checks.outbox,
+        ]
+        .iter()
+        .all(|check| *check == OK);
+        Readiness {
+            status: if ready { "ready" } else { "unavailable" },
+            checks,
+        }
+    }
+
+    /// (redis, outbox): reading the outbox figures is the Redis check.
+    async fn outbox_check(&self) -> (String, String) {
+        match self.outbox_stats().await {
+            Ok(stats) => {
+                let lag = stats.iter().filter_map(|s| s.lag).max().unwrap_or_default();
+                let outbox = if lag > self.max_lag {
+                    format!(
+                        "the oldest unwritten redemption is {:.1} s old (bound {:?})",
+                        lag.as_secs_f64(),
+                        self.max_lag
+                    )
+                } else {
+                    OK.to_owned()
+                };
+                (OK.to_owned(), outbox)
+            }
+            Err(error) => (
+                format!("unreachable: {error:#}"),
+                "unknown: Redis is unreachable".to_owned(),
+            ),
+        }
+    }
+
+    /// (postgres, migrations): reading the applied migrations is the PostgreSQL check.
+    async fn db_checks(&self) -> (String, String) {
+        let pending = tokio::time::timeout(CHECK_TIMEOUT, store::pending_migrations(&self.db))
+            .await
+            .map_err(|_| format!("no answer within {CHECK_TIMEOUT:?}"))
+            .and_then(|read| read.map_err(|error| format!("unreachable: {error}")));
+        match pending {
+            Ok(pending) if pending.is_empty() => (OK.to_owned(), OK.to_owned()),
+            Ok(pending) => (
+                OK.to_owned(),
+                format!("not applied: {pending:?}; run `voucher-gateway migrate`"),
+            ),
+            Err(reason) => (reason, "unknown: PostgreSQL is unreachable".to_owned()),
+        }
+    }
+}

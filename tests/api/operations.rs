@@ -1,0 +1,456 @@
+//! What an operator relies on: health and readiness, metrics, request ids, tokens, overload
+//! protection, timeouts, and a graceful shutdown that loses nothing.
+
+use std::{
+    collections::HashSet,
+    time::{Duration, Instant},
+};
+
+use redis::AsyncCommands;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use tokio::{io::AsyncWriteExt, net::TcpStream};
+use voucher_gateway::{domain::CampaignId, redis::keys::Shards};
+
+use crate::{
+    helpers::{RedisServer, TestApp, database_url, private_redis_config, test_config},
+    load::Load,
+    process::{GatewayProcess, private_database, signal},
+};
+
+async fn get_json(app: &TestApp, path: &str) -> (StatusCode, Value) {
+    let response = app.client.get(app.url(path)).send().await.unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap())
+}
+
+/// The problem's `code`, after checking it is a problem+json body with `status`.
+async fn problem_code(response: reqwest::Response, status: StatusCode) -> String {
+    assert_eq!(response.status(), status);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    let body: Value = response.json().await.unwrap();
+    body["code"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn health_and_ready_answer_and_every_response_carries_a_request_id() {
+    let app = TestApp::spawn().await;
+    let (status, body) = get_json(&app, "/health").await;
+    assert_eq!((status, body), (StatusCode::OK, json!({"status": "ok"})));
+    let (status, body) = get_json(&app, "/ready").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body,
+        json!({"status": "ready", "checks": {"redis": "ok", "postgres": "ok", "migrations": "ok", "outbox": "ok"}})
+    );
+
+    let sent = app
+        .client
+        .get(app.url("/campaigns/not-a-uuid"))
+        .header("x-request-id", "trace-me-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sent.headers()["x-request-id"], "trace-me-42");
+    let generated = app.client.get(app.url("/nowhere")).send().await.unwrap();
+    let id = generated.headers()["x-request-id"].to_str().unwrap();
+    assert!(uuid::Uuid::try_parse(id).is_ok(), "{id}");
+}
+
+#[tokio::test]
+async fn ready_names_what_is_wrong() {
+    let mut redis = RedisServer::start();
+    let database = private_database().await;
+    let mut config = private_redis_config(&redis, false);
+    config.database.database_url = database.clone();
+    config.ready_max_outbox_lag = Duration::from_millis(200);
+    let app = TestApp::spawn_with(config).await;
+    assert_eq!(get_json(&app, "/ready").await.0, StatusCode::OK);
+
+    // No writer runs: a redemption waits in the outbox until it is older than the bound.
+    let id = app.create_campaign(10).await;
+    assert_eq!(app.redeem(id, "u", "k").await.status, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, body) = get_json(&app, "/ready").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body["status"], "unavailable");
+    assert_eq!(body["checks"]["redis"], "ok");
+    let outbox = body["checks"]["outbox"].as_str().unwrap();
+    assert!(outbox.contains("oldest unwritten redemption"), "{outbox}");
+
+    let db = PgPool::connect(&database).await.unwrap();
+    sqlx::query("delete from _sqlx_migrations where version = 3")
+        .execute(&db)
+        .await
+        .unwrap();
+    let (_, body) = get_json(&app, "/ready").await;
+    assert_eq!(body["checks"]["postgres"], "ok");
+    let migrations = body["checks"]["migrations"].as_str().unwrap();
+    assert!(migrations.starts_with("not applied: [3]"), "{migrations}");
+
+    redis.kill();
+    let (status, body) = get_json(&app, "/ready").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let redis_check = body["checks"]["redis"].as_str().unwrap();
+    assert!(redis_check.starts_with("unreachable"), "{redis_check}");
+    assert_eq!(body["checks"]["outbox"], "unknown: Redis is unreachable");
+    // Liveness does not depend on the servers.
+    assert_eq!(get_json(&app, "/health").await.0, StatusCode::OK);
+}
+
+/// The value of the series of `name` with all of `labels`, summed; 0 when there is none.
+fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| line.rsplit_once(' '))
+        .filter(|(series, _)| {
+            let (series_name, series_labels) = series.split_once('{').unwrap_or((series, ""));
+            series_name == name
+                && labels
+                    .iter()
+                    .all(|(key, value)| series_labels.contains(&format!("{key}=\"{value}\"")))
+        })
+        .map(|(_, value)| value.parse::<f64>().unwrap())
+        .sum()
+}
+
+#[tokio::test]
+async fn metrics_count_what_happened() {
+    // A process of its own (the recorder is process-wide) on a Redis of its own (no other
+    // test's entries reach its writers): every figure is exact.
+    let redis = RedisServer::start();
+    let gateway = GatewayProcess::start(&database_url(), &redis.url(), &[]).await;
+    let client = reqwest::Client::new();
+    let created: Value = client
+        .post(format!("{}/campaigns", gateway.url))
+        .json(&json!({"name": "metrics", "total": 3}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().unwrap().to_owned();
+    let redeem = |user: &str, key: &str| {
+        client
+            .post(format!("{}/campaigns/{id}/redeem", gateway.url))
+            .json(&json!({"userId": user, "idempotencyKey": key}))
+            .send()
+    };
+    for user in ["a", "b", "c", "d", "e"] {
+        assert_eq!(redeem(user, user).await.unwrap().status(), StatusCode::OK);
+    }
+    redeem("a", "a").await.unwrap(); // replay
+    redeem("b", "other").await.unwrap(); // already redeemed
+    redeem("", "k").await.unwrap(); // 422
+    let campaign_id = CampaignId::parse(&id).unwrap();
+    let mut con = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let keys = Shards::new(16).campaign(campaign_id);
+    let _: () = con.del(&[&keys.campaign, &keys.users]).await.unwrap();
+    let summary = client
+        .get(format!("{}/campaigns/{id}", gateway.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(summary.status(), StatusCode::OK); // hydrated again
+
+    let scrape = || async {
+        client
+            .get(format!("{}/metrics", gateway.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let text = scrape().await;
+        if metric(&text, "vg_writer_rows_total", &[]) == 3.0 || Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let redeems = |outcome: &str| {
+        metric(
+            &text,
+            "vg_http_requests_total",
+            &[
+                ("route", "/campaigns/{id}/redeem"),
+                ("method", "POST"),
+                ("outcome", outcome),
+            ],
+        )
+    };
+    assert_eq!(redeems("redeemed"), 3.0);
+    assert_eq!(redeems("sold_out"), 2.0);
+    assert_eq!(redeems("replayed"), 1.0);
+    assert_eq!(redeems("already_redeemed"), 1.0);
+    assert_eq!(redeems("invalid_field"), 1.0);
+    let created = [("route", "/campaigns"), ("status", "201")];
+    assert_eq!(metric(&text, "vg_http_requests_total", &created), 1.0);
+    let latency = [("route", "/campaigns/{id}/redeem")];
+    assert_eq!(
+        metric(&text, "vg_http_request_duration_seconds_count", &latency),
+        8.0
+    );
+    // Seven script calls decided; the 422 never reached Redis.
+    assert_eq!(
+        metric(&text, "vg_redeem_script_duration_seconds_count", &[]),
+        7.0
+    );
+    let loaded = [("result", "loaded")];
+    assert_eq!(metric(&text, "vg_hydrations_total", &loaded), 1.0);
+    assert_eq!(metric(&text, "vg_writer_rows_total", &[]), 3.0);
+    assert_eq!(metric(&text, "vg_writer_rejected_total", &[]), 0.0);
+    assert_eq!(metric(&text, "vg_writer_batch_size_sum", &[]), 3.0);
+    assert!(metric(&text, "vg_writer_commit_duration_seconds_count", &[]) >= 1.0);
+    let shard = Shards::new(16).of(campaign_id).to_string();
+    let this_shard = [("shard", shard.as_str())];
+    assert_eq!(metric(&text, "vg_outbox_length", &this_shard), 0.0);
+    assert_eq!(metric(&text, "vg_outbox_pending", &this_shard), 0.0);
+    assert_eq!(metric(&text, "vg_outbox_lag_seconds", &this_shard), 0.0);
+}
+
+#[tokio::test]
+async fn bearer_tokens_guard_creation_and_redeems() {
+    let mut config = test_config();
+    config.admin_token = Some("admin-secret".into());
+    config.api_token = Some("api-secret".into());
+    let app = TestApp::spawn_with(config).await;
+    let create = |token: Option<&str>| {
+        let mut request = app
+            .client
+            .post(app.url("/campaigns"))
+            .json(&json!({"name": "guarded", "total": 5}));
+        if let Some(token) = token {
+            request = request.header("authorization", token);
+        }
+        request.send()
+    };
+    for refused in [
+        None,
+        Some("Bearer wrong"),
+        Some("Bearer api-secret"),
+        Some("admin-secret"),
+    ] {
+        let response = create(refused).await.unwrap();
+        assert_eq!(response.headers()["www-authenticate"], "Bearer");
+        assert_eq!(
+            problem_code(response, StatusCode::UNAUTHORIZED).await,
+            "unauthorized"
+        );
+    }
+    let created = create(Some("Bearer admin-secret")).await.unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let id = created.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let redeem = |token: &str| {
+        app.client
+            .post(app.url(&format!("/campaigns/{id}/redeem")))
+            .header("authorization", token)
+            .json(&json!({"userId": "u1", "idempotencyKey": "k1"}))
+            .send()
+    };
+    let refused = redeem("Bearer admin-secret").await.unwrap();
+    assert_eq!(
+        problem_code(refused, StatusCode::UNAUTHORIZED).await,
+        "unauthorized"
+    );
+    // The refused redeem changed nothing: the first accepted one is not a replay.
+    let accepted = redeem("Bearer api-secret").await.unwrap();
+    assert_eq!(accepted.status(), StatusCode::OK);
+    assert!(accepted.headers().get("idempotent-replayed").is_none());
+    // Reads and the operator's endpoints need no token.
+    let summary = app.get_campaign(&id).await;
+    assert_eq!(summary.status(), StatusCode::OK);
+    assert_eq!(summary.json::<Value>().await.unwrap()["redeemed"], 1);
+    for path in ["/health", "/ready", "/metrics"] {
+        let response = app.client.get(app.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+    }
+}
+
+/// Opens a redeem whose body never finishes: the request holds its place until it times out.
+async fn stalled_redeem(app: &TestApp, id: CampaignId) -> TcpStream {
+    let mut stream = TcpStream::connect(app.address.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /campaigns/{id}/redeem HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\n\
+         content-length: 100\r\n\r\n{{\"userId\":"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream
+}
+
+async fn read_status_and_body(stream: &mut TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut buffer = vec![0; 4096];
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buffer))
+        .await
+        .expect("an answer")
+        .unwrap();
+    String::from_utf8_lossy(&buffer[..read]).into_owned()
+}
+
+#[tokio::test]
+async fn overload_is_refused_at_once_and_slow_requests_time_out() {
+    let mut config = test_config();
+    config.concurrency_limit = 2;
+    config.request_timeout = Duration::from_millis(800);
+    let app = TestApp::spawn_with(config).await;
+    let id = app.create_campaign(10).await;
+    let mut stalled = [
+        stalled_redeem(&app, id).await,
+        stalled_redeem(&app, id).await,
+    ];
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let started = Instant::now();
+    let refused = app.post_redeem(id, "u1", "k1").await;
+    assert!(started.elapsed() < Duration::from_millis(500), "not queued");
+    assert_eq!(refused.headers()["retry-after"], "1");
+    assert_eq!(
+        problem_code(refused, StatusCode::SERVICE_UNAVAILABLE).await,
+        "overloaded"
+    );
+    // The operator's endpoints are outside the limit.
+    let health = app.client.get(app.url("/health")).send().await.unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+
+    for stream in &mut stalled {
+        let answer = read_status_and_body(stream).await;
+        assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+        assert!(answer.contains(r#""code":"timeout""#), "{answer}");
+    }
+    // Nothing was decided for the refused request: its retry is the first decision.
+    let retried = app.redeem(id, "u1", "k1").await;
+    assert_eq!(
+        (retried.status, retried.replayed),
+        (StatusCode::OK, false),
+        "{}",
+        retried.body
+    );
+    assert_eq!(app.summary(id).await["redeemed"], 1);
+}
+
+#[tokio::test]
+async fn a_stalled_redis_or_postgres_answers_503_within_its_timeout() {
+    let redis = RedisServer::start();
+    let database = private_database().await;
+    let mut config = private_redis_config(&redis, true);
+    config.database.database_url = database.clone();
+    config.redis.redis_timeout = Duration::from_millis(300);
+    config.database.db_timeout = Duration::from_millis(300);
+    let app = TestApp::spawn_with(config).await;
+    let id = app.create_campaign(10).await;
+
+    signal(redis.pid(), "STOP");
+    let started = Instant::now();
+    let stalled = app.post_redeem(id, "u1", "k1").await;
+    let waited = started.elapsed();
+    signal(redis.pid(), "CONT");
+    assert_eq!(
+        problem_code(stalled, StatusCode::SERVICE_UNAVAILABLE).await,
+        "redis_unavailable"
+    );
+    assert!(waited < Duration::from_secs(3), "took {waited:?}");
+
+    // A table lock stalls campaign creation in PostgreSQL.
+    let db = PgPool::connect(&database).await.unwrap();
+    let mut lock = db.begin().await.unwrap();
+    sqlx::query("lock table campaigns in access exclusive mode")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let stalled = app
+        .client
+        .post(app.url("/campaigns"))
+        .json(&json!({"name": "stalled", "total": 1}))
+        .send()
+        .await
+        .unwrap();
+    let waited = started.elapsed();
+    lock.rollback().await.unwrap();
+    assert_eq!(
+        problem_code(stalled, StatusCode::SERVICE_UNAVAILABLE).await,
+        "database_unavailable"
+    );
+    assert!(waited < Duration::from_secs(3), "took {waited:?}");
+
+    // Both recover by themselves (the Redis connection reconnects first).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while app.redeem(id, "u1", "k1").await.status != StatusCode::OK {
+        assert!(Instant::now() < deadline, "Redis never recovered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    app.create_campaign(1).await;
+}
+
+#[tokio::test]
+async fn sigterm_under_load_exits_0_with_every_acknowledged_redemption_stored() {
+    // A Redis of its own: no other writer can store what this process leaves behind.
+    let redis = RedisServer::start();
+    let mut gateway = GatewayProcess::start(
+        &database_url(),
+        &redis.url(),
+        // Small batches and one writer per shard: it lags behind the load, so a backlog is
+        // queued when the signal comes, and a part-filled batch waits in its hands.
+        &[
+            ("VG_WRITER_BATCH_SIZE", "20"),
+            ("VG_WRITER_CONSUMERS", "1"),
+            ("VG_WRITER_FLUSH_INTERVAL", "100ms"),
+            ("VG_SHUTDOWN_TIMEOUT", "10s"),
+        ],
+    )
+    .await;
+    let created: Value = reqwest::Client::new()
+        .post(format!("{}/campaigns", gateway.url))
+        .json(&json!({"name": "shutdown", "total": 1_000_000}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = CampaignId::parse(created["id"].as_str().unwrap()).unwrap();
+    let load = Load::start(vec![gateway.url.clone()], id, 16);
+    load.wait_acked(500).await;
+
+    let started = Instant::now();
+    let status = gateway.terminate(Duration::from_secs(25)).await;
+    let stopped = started.elapsed();
+    let history = load.stop().await;
+    assert!(status.success(), "exit status {status}");
+
+    // Nothing restarted and no other writer ran: what is stored, the exiting process stored.
+    let db = PgPool::connect(&database_url()).await.unwrap();
+    let audit = history.audit(&db, id, &HashSet::new()).await;
+    assert!(audit.lost.is_empty(), "lost {:?}", audit.lost);
+    let mut con = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let outbox = Shards::new(16).campaign(id).outbox;
+    let left: u64 = con.xlen(&outbox).await.unwrap();
+    assert_eq!(left, 0, "entries left in the outbox");
+    eprintln!(
+        "SIGTERM under load: {} acked, all stored; exit 0 {stopped:?} after the signal",
+        audit.acked.len()
+    );
+}
