@@ -28,8 +28,9 @@ use crate::{
 const LOAD_ATTEMPTS: usize = 3;
 
 /// A campaign's counters, as the API returns them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Summary {
+    #[schema(value_type = uuid::Uuid)]
     pub id: CampaignId,
     pub name: String,
     pub total: i64,

@@ -28,13 +28,14 @@ pub struct Probe {
 }
 
 /// The answer of `GET /ready`: each check is "ok" or says what is wrong.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Readiness {
+    /// `ready` or `unavailable`.
     pub status: &'static str,
     pub checks: Checks,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Checks {
     pub redis: String,
     pub postgres: String,

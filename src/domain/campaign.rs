@@ -55,6 +55,15 @@ impl CampaignName {
     }
 }
 
+impl utoipa::PartialSchema for CampaignName {
+    /// As sent: surrounding white space is trimmed before the length is checked.
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        text::schema(Self::MAX_CHARS)
+    }
+}
+
+impl utoipa::ToSchema for CampaignName {}
+
 impl TryFrom<String> for CampaignName {
     type Error = DomainError;
     fn try_from(value: String) -> Result<Self, Self::Error> {
@@ -99,6 +108,18 @@ impl TryFrom<i64> for Total {
         Self::parse(value)
     }
 }
+
+impl utoipa::PartialSchema for Total {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::Type::Integer)
+            .minimum(Some(Self::MIN))
+            .maximum(Some(Self::MAX))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Total {}
 
 impl From<Total> for i64 {
     fn from(total: Total) -> Self {

@@ -17,6 +17,20 @@ pub(super) fn checked(value: String, max: usize) -> Result<String, DomainError> 
     Ok(value)
 }
 
+/// `checked` as a JSON Schema pattern (ECMA-262, as OpenAPI 3.1 reads it): at least one
+/// character that is neither white space nor control, and no control character.
+const PATTERN: &str = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$";
+
+/// The OpenAPI schema of a text field checked with `max` characters.
+pub(super) fn schema(max: usize) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::Type::String)
+        .min_length(Some(1))
+        .max_length(Some(max))
+        .pattern(Some(PATTERN))
+        .into()
+}
+
 /// Declares a text value type checked by `checked` with `max` characters and kept as sent, that
 /// deserializes only through the check.
 macro_rules! text_value {
@@ -44,5 +58,13 @@ macro_rules! text_value {
                 $crate::domain::text::checked(value, Self::MAX_CHARS).map(Self)
             }
         }
+
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                $crate::domain::text::schema(Self::MAX_CHARS)
+            }
+        }
+
+        impl utoipa::ToSchema for $name {}
     };
 }

@@ -8,12 +8,14 @@ use axum::{
     http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::{
     error::ApiError,
     extract::{ApiJson, CampaignPath},
     observe::OutcomeLabel,
+    openapi::{CreateProblems, ReadProblems, RedeemProblems},
 };
 use crate::{
     domain::{CampaignName, IdempotencyKey, Outcome, Total, UserId},
@@ -25,20 +27,66 @@ static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 /// Set on a REDEEMED answer that replays an earlier one.
 static IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateCampaign {
+    /// Display name, trimmed.
+    #[schema(example = "Black Friday")]
     name: CampaignName,
+    /// How many vouchers the campaign holds.
+    #[schema(example = 1000)]
     total: Total,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RedeemVoucher {
+    /// Who redeems, kept exactly as sent.
+    #[schema(example = "user-42")]
     user_id: UserId,
+    /// One key per redeem attempt and its retries; here or in the Idempotency-Key header.
+    #[schema(example = "0b6c6f1e-6a3c-4c49-9a59-2f9d1c1b7e7a")]
     idempotency_key: Option<IdempotencyKey>,
 }
 
+/// The decision of a redeem.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum RedeemStatus {
+    /// The user holds a voucher of this campaign under this key (now, or since an earlier
+    /// request with the same key: then `Idempotent-Replayed: true` is set).
+    Redeemed,
+    /// The user already holds a voucher of this campaign under another key.
+    AlreadyRedeemed,
+    /// No voucher is left.
+    SoldOut,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct RedeemAnswer {
+    status: RedeemStatus,
+}
+
+impl RedeemStatus {
+    /// The answer's body, built once: the redeem path serializes nothing.
+    fn body(self) -> &'static str {
+        match self {
+            RedeemStatus::Redeemed => r#"{"status":"REDEEMED"}"#,
+            RedeemStatus::AlreadyRedeemed => r#"{"status":"ALREADY_REDEEMED"}"#,
+            RedeemStatus::SoldOut => r#"{"status":"SOLD_OUT"}"#,
+        }
+    }
+}
+
+/// Create a campaign.
+#[utoipa::path(post, path = "/campaigns", tag = "campaigns",
+    request_body = CreateCampaign,
+    responses(
+        (status = 201, description = "Created", body = Summary,
+            headers(("Location" = String, description = "The campaign's URL"))),
+        CreateProblems,
+    ),
+    security((), ("admin_token" = [])))]
 pub async fn create_campaign(
     State(gateway): State<Arc<Gateway>>,
     ApiJson(request): ApiJson<CreateCampaign>,
@@ -53,6 +101,10 @@ pub async fn create_campaign(
         .into_response())
 }
 
+/// Read a campaign's counters.
+#[utoipa::path(get, path = "/campaigns/{id}", tag = "campaigns",
+    params(("id" = uuid::Uuid, Path, description = "The campaign's id")),
+    responses((status = 200, description = "The campaign", body = Summary), ReadProblems))]
 pub async fn get_campaign(
     State(gateway): State<Arc<Gateway>>,
     CampaignPath(id): CampaignPath,
@@ -60,6 +112,20 @@ pub async fn get_campaign(
     Ok(Json(gateway.summary(id).await?))
 }
 
+/// Redeem one voucher for a user: decided atomically, idempotent per key.
+#[utoipa::path(post, path = "/campaigns/{id}/redeem", tag = "campaigns",
+    params(
+        ("id" = uuid::Uuid, Path, description = "The campaign's id"),
+        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255,
+            description = "The idempotency key, bare or as a quoted string; must equal the body's if both are sent"),
+    ),
+    request_body = RedeemVoucher,
+    responses(
+        (status = 200, description = "Decided", body = RedeemAnswer,
+            headers(("Idempotent-Replayed" = String, description = "`true` when this answer replays an earlier REDEEMED"))),
+        RedeemProblems,
+    ),
+    security((), ("api_token" = [])))]
 pub async fn redeem_voucher(
     State(gateway): State<Arc<Gateway>>,
     CampaignPath(id): CampaignPath,
@@ -68,16 +134,16 @@ pub async fn redeem_voucher(
 ) -> Result<Response, ApiError> {
     let key = idempotency_key(&headers, request.idempotency_key)?;
     let outcome = gateway.redeem(id, &request.user_id, &key).await?;
-    let (body, label) = match outcome {
-        Outcome::Redeemed { replayed: false } => (r#"{"status":"REDEEMED"}"#, "redeemed"),
-        Outcome::Redeemed { replayed: true } => (r#"{"status":"REDEEMED"}"#, "replayed"),
-        Outcome::AlreadyRedeemed => (r#"{"status":"ALREADY_REDEEMED"}"#, "already_redeemed"),
-        Outcome::SoldOut => (r#"{"status":"SOLD_OUT"}"#, "sold_out"),
+    let (status, label) = match outcome {
+        Outcome::Redeemed { replayed: false } => (RedeemStatus::Redeemed, "redeemed"),
+        Outcome::Redeemed { replayed: true } => (RedeemStatus::Redeemed, "replayed"),
+        Outcome::AlreadyRedeemed => (RedeemStatus::AlreadyRedeemed, "already_redeemed"),
+        Outcome::SoldOut => (RedeemStatus::SoldOut, "sold_out"),
     };
     let mut response = (
         [(header::CONTENT_TYPE, "application/json")],
         Extension(OutcomeLabel(label)),
-        body,
+        status.body(),
     )
         .into_response();
     if outcome == (Outcome::Redeemed { replayed: true }) {
@@ -128,6 +194,18 @@ fn unquoted(value: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_redeem_body_is_its_answer_serialized() {
+        for status in [
+            RedeemStatus::Redeemed,
+            RedeemStatus::AlreadyRedeemed,
+            RedeemStatus::SoldOut,
+        ] {
+            let serialized = serde_json::to_string(&RedeemAnswer { status }).unwrap();
+            assert_eq!(status.body(), serialized);
+        }
+    }
 
     #[test]
     fn a_quoted_header_key_is_unquoted() {

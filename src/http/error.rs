@@ -6,6 +6,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::observe::OutcomeLabel;
 use crate::gateway::GatewayError;
@@ -92,14 +93,23 @@ impl ApiError {
     }
 }
 
-#[derive(Serialize)]
-struct Problem<'a> {
+/// An RFC 9457 problem, with a stable machine-readable `code`.
+#[derive(Serialize, ToSchema)]
+pub struct Problem<'a> {
+    /// Always `about:blank`: the `code` names the problem.
     #[serde(rename = "type")]
     kind: &'static str,
+    /// The HTTP status's reason phrase.
     title: &'static str,
     status: u16,
+    /// What went wrong, for a person.
     detail: String,
+    /// What went wrong, for a program: malformed_json, invalid_campaign_id, payload_too_large,
+    /// unsupported_media_type, invalid_field, invalid_body, idempotency_key_mismatch,
+    /// unauthorized, campaign_not_found, not_found, method_not_allowed, redis_unavailable,
+    /// database_unavailable, overloaded, timeout, internal.
     code: &'static str,
+    /// The offending field or header, for invalid_field.
     #[serde(skip_serializing_if = "Option::is_none")]
     field: Option<&'a str>,
 }

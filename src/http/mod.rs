@@ -6,6 +6,7 @@ pub mod error;
 mod extract;
 mod guard;
 mod observe;
+mod openapi;
 mod ops;
 
 use std::{sync::Arc, time::Duration};
@@ -62,6 +63,7 @@ pub fn router(gateway: Arc<Gateway>, probe: Arc<Probe>, settings: &HttpSettings)
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))
         .route("/metrics", get(ops::metrics))
+        .route("/openapi.json", get(openapi::openapi_json))
         .with_state(Ops {
             probe,
             metrics: telemetry::metrics::handle(),

@@ -11,7 +11,10 @@ use axum::{
 };
 use metrics_exporter_prometheus::PrometheusHandle;
 
-use crate::{health::Probe, telemetry::metrics};
+use crate::{
+    health::{Probe, Readiness},
+    telemetry::metrics,
+};
 
 #[derive(Clone)]
 pub struct Ops {
@@ -19,12 +22,19 @@ pub struct Ops {
     pub metrics: PrometheusHandle,
 }
 
-/// The process is up and serving HTTP; nothing else is checked.
+/// Liveness: the process is up and serving HTTP; nothing else is checked.
+#[utoipa::path(get, path = "/health", tag = "operations",
+    responses((status = 200, description = "Alive", body = Object, example = json!({"status": "ok"}))))]
 pub async fn health() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
-/// 200 when every check passes, 503 naming the failing ones otherwise.
+/// Readiness: Redis and PostgreSQL reachable, migrations applied, outbox lag under its bound.
+#[utoipa::path(get, path = "/ready", tag = "operations",
+    responses(
+        (status = 200, description = "Every check passes", body = Readiness),
+        (status = 503, description = "A check fails; its value says why", body = Readiness),
+    ))]
 pub async fn ready(State(ops): State<Ops>) -> Response {
     let readiness = ops.probe.readiness().await;
     let status = if readiness.is_ready() {
@@ -35,7 +45,9 @@ pub async fn ready(State(ops): State<Ops>) -> Response {
     (status, Json(readiness)).into_response()
 }
 
-/// Prometheus text format. The outbox figures are measured now; the rest accumulates.
+/// Prometheus metrics. The outbox figures are measured when scraped; the rest accumulates.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)))]
 pub async fn metrics(State(ops): State<Ops>) -> Response {
     match ops.probe.outbox_stats().await {
         Ok(stats) => {

@@ -333,8 +333,29 @@ async fn every_malformed_request_is_a_4xx_problem_and_changes_nothing() {
             .fetch_one(&app.db)
             .await
             .unwrap();
+    let document: Value = app
+        .client
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
 
     for case in cases() {
+        // The OpenAPI document lists this answer for the operation (when it is one).
+        let operation = &document["paths"][case.path][case.method.as_str().to_lowercase()];
+        if !operation.is_null() {
+            let documented = &operation["responses"][case.status.as_str()];
+            assert!(
+                documented["content"]["application/problem+json"].is_object(),
+                "{}: {} {} is not documented",
+                case.what,
+                case.status,
+                case.path
+            );
+        }
         let mut request = app
             .client
             .request(

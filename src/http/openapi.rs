@@ -1,0 +1,146 @@
+//! The OpenAPI 3.1 document, generated from the handlers and types (utoipa) and served at
+//! `GET /openapi.json`. Each operation documents every problem it can answer.
+
+use std::{collections::BTreeMap, sync::LazyLock};
+
+use axum::{http::header, response::IntoResponse};
+use utoipa::{
+    IntoResponses, Modify, OpenApi, ToSchema,
+    openapi::{
+        self, ContentBuilder, HeaderBuilder, RefOr, ResponseBuilder,
+        security::{Http, HttpAuthScheme, SecurityScheme},
+    },
+};
+
+use super::{campaigns, error::Problem, ops};
+
+#[derive(OpenApi)]
+#[openapi(
+    paths(
+        campaigns::create_campaign,
+        campaigns::get_campaign,
+        campaigns::redeem_voucher,
+        ops::health,
+        ops::ready,
+        ops::metrics,
+        openapi_json,
+    ),
+    components(schemas(Problem)),
+    modifiers(&BearerTokens),
+    tags(
+        (name = "campaigns", description = "Create campaigns, redeem their vouchers, read their counters"),
+        (name = "operations", description = "Liveness, readiness, metrics and this document"),
+    )
+)]
+struct ApiDoc;
+
+static DOCUMENT: LazyLock<String> = LazyLock::new(|| {
+    ApiDoc::openapi()
+        .to_json()
+        .expect("the document serializes")
+});
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "The OpenAPI 3.1 document", content_type = "application/json", body = Object)))]
+pub async fn openapi_json() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        DOCUMENT.as_str(),
+    )
+}
+
+/// The two optional bearer tokens (`VG_ADMIN_TOKEN`, `VG_API_TOKEN`).
+struct BearerTokens;
+
+impl Modify for BearerTokens {
+    fn modify(&self, document: &mut openapi::OpenApi) {
+        let components = document.components.get_or_insert_with(Default::default);
+        for name in ["admin_token", "api_token"] {
+            components.add_security_scheme(
+                name,
+                SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+            );
+        }
+    }
+}
+
+/// Problems every campaign route can answer: overload, timeouts, a server down.
+const UNAVAILABLE: u16 = 503;
+
+/// The problems of `POST /campaigns`.
+pub struct CreateProblems;
+/// The problems of `GET /campaigns/{id}`.
+pub struct ReadProblems;
+/// The problems of `POST /campaigns/{id}/redeem`.
+pub struct RedeemProblems;
+
+impl IntoResponses for CreateProblems {
+    fn responses() -> BTreeMap<String, RefOr<openapi::Response>> {
+        problems(&[400, 401, 413, 415, 422, UNAVAILABLE])
+    }
+}
+
+impl IntoResponses for ReadProblems {
+    fn responses() -> BTreeMap<String, RefOr<openapi::Response>> {
+        problems(&[400, 404, UNAVAILABLE])
+    }
+}
+
+impl IntoResponses for RedeemProblems {
+    fn responses() -> BTreeMap<String, RefOr<openapi::Response>> {
+        problems(&[400, 401, 404, 413, 415, 422, UNAVAILABLE])
+    }
+}
+
+fn problems(statuses: &[u16]) -> BTreeMap<String, RefOr<openapi::Response>> {
+    statuses
+        .iter()
+        .map(|&status| {
+            let content = ContentBuilder::new()
+                .schema(Some(RefOr::Ref(openapi::Ref::from_schema_name(
+                    Problem::name(),
+                ))))
+                .build();
+            let mut response = ResponseBuilder::new()
+                .description(problem_description(status))
+                .content("application/problem+json", content);
+            if status == UNAVAILABLE {
+                response = response.header(
+                    "Retry-After",
+                    HeaderBuilder::new()
+                        .schema(openapi::ObjectBuilder::new().schema_type(openapi::Type::String))
+                        .description(Some("Seconds to wait before retrying"))
+                        .build(),
+                );
+            }
+            if status == 401 {
+                response = response.header(
+                    "WWW-Authenticate",
+                    HeaderBuilder::new()
+                        .schema(openapi::ObjectBuilder::new().schema_type(openapi::Type::String))
+                        .build(),
+                );
+            }
+            (status.to_string(), RefOr::T(response.build()))
+        })
+        .collect()
+}
+
+fn problem_description(status: u16) -> &'static str {
+    match status {
+        400 => {
+            "malformed_json or invalid_campaign_id: the body is not JSON, or the id is not a UUID"
+        }
+        401 => "unauthorized: the route's bearer token is configured and was not sent",
+        404 => "campaign_not_found",
+        413 => "payload_too_large: the body exceeds 16 KiB",
+        415 => "unsupported_media_type: the body must be sent as application/json",
+        422 => "invalid_field, invalid_body or idempotency_key_mismatch",
+        UNAVAILABLE => {
+            "redis_unavailable, database_unavailable, overloaded or timeout: retry after \
+             Retry-After seconds (a redeem with the same idempotency key)"
+        }
+        _ => "error",
+    }
+}
