@@ -1,10 +1,14 @@
 //! Building and running the service: connect, migrate, check the environment, bind, then serve
 //! HTTP and run one writer per outbox shard until shutdown, draining both in order.
 
-use std::{future::Future, net::SocketAddr, sync::Arc};
+use std::{
+    future::Future,
+    net::SocketAddr,
+    sync::{Arc, OnceLock},
+};
 
 use anyhow::{Context, bail};
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, time::Instant};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
@@ -156,25 +160,35 @@ impl App {
         tracing::info!(%address, shards = self.gateway.shards().count(), "serving");
 
         let router = http::router(self.gateway, self.probe, &self.config.http_settings());
+        // One deadline from the signal for both: requests in flight, then the writers.
+        let timeout = self.config.shutdown_timeout;
         let stopping = CancellationToken::new();
-        let stop_signal = stopping.clone();
+        let deadline = Arc::new(OnceLock::new());
+        let (stop_signal, set_deadline) = (stopping.clone(), deadline.clone());
         let server = axum::serve(self.listener, router)
             .with_graceful_shutdown(async move {
                 shutdown.await;
+                let _ = set_deadline.set(Instant::now() + timeout);
                 stop_signal.cancel();
             })
             .into_future();
-        let deadline = self.config.shutdown_timeout;
         let served = tokio::select! {
             served = server => served.context("HTTP server failed"),
-            // Past the deadline after the signal, in-flight requests are abandoned.
-            () = async { stopping.cancelled().await; tokio::time::sleep(deadline).await } => {
+            // Past the deadline, in-flight requests are abandoned.
+            () = async { stopping.cancelled().await; tokio::time::sleep(timeout).await } => {
                 tracing::warn!("requests still in flight at the shutdown deadline");
                 Ok(())
             }
         };
         cancel.cancel();
-        if tokio::time::timeout(deadline, tasks.wait()).await.is_err() {
+        let deadline = deadline
+            .get()
+            .copied()
+            .unwrap_or_else(|| Instant::now() + timeout);
+        if tokio::time::timeout_at(deadline, tasks.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!(
                 "writers did not finish within the shutdown timeout; their entries stay pending"
             );

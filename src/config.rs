@@ -76,7 +76,8 @@ pub struct ServeConfig {
     /// How long an unknown campaign id is remembered as absent.
     #[arg(long, env = "VG_ABSENT_TTL", default_value = "5s", value_parser = humantime::parse_duration)]
     pub absent_ttl: Duration,
-    /// Longest wait at shutdown for requests in flight and the writers' last batches.
+    /// After SIGTERM or SIGINT, the longest wait for requests in flight, then for the writers
+    /// to store what is queued; past it the process exits anyway (entries stay queued).
     #[arg(long, env = "VG_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
     /// Bearer token that `POST /campaigns` requires. Unset (or empty), anyone can create

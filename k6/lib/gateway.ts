@@ -7,7 +7,12 @@ import { Counter, Gauge } from 'k6/metrics';
 import { Options, Scenario } from 'k6/options';
 
 export const BASE_URL: string = __ENV.BASE_URL || 'http://127.0.0.1:8080';
-const JSON_HEADERS = { headers: { 'Content-Type': 'application/json' } };
+const JSON_TYPE = { 'Content-Type': 'application/json' };
+
+/** The gateway's bearer tokens (VG_ADMIN_TOKEN, VG_API_TOKEN), sent when set. */
+function bearer(token: string | undefined): Record<string, string> {
+  return token ? { Authorization: `Bearer ${token}` } : {};
+}
 
 /** First REDEEMED answers: one per voucher k6 was given. */
 const vouchersSeen = new Counter('vouchers_seen');
@@ -55,7 +60,9 @@ export function createCampaign(total: number, name: string): Campaign {
   const existing = __ENV.CAMPAIGN_ID;
   const res = existing
     ? http.get(`${BASE_URL}/campaigns/${existing}`)
-    : http.post(`${BASE_URL}/campaigns`, JSON.stringify({ name, total }), JSON_HEADERS);
+    : http.post(`${BASE_URL}/campaigns`, JSON.stringify({ name, total }), {
+        headers: { ...JSON_TYPE, ...bearer(__ENV.VG_ADMIN_TOKEN) },
+      });
   if (res.status !== (existing ? 200 : 201)) {
     exec.test.abort(`cannot get the campaign: ${res.status} ${res.body}`);
   }
@@ -74,7 +81,10 @@ interface Sent {
 const REDEEMED = '{"status":"REDEEMED"}';
 const SOLD_OUT = '{"status":"SOLD_OUT"}';
 const ALREADY_REDEEMED = '{"status":"ALREADY_REDEEMED"}';
-const REDEEM_PARAMS = { ...JSON_HEADERS, tags: { name: 'redeem' } };
+const REDEEM_PARAMS = {
+  headers: { ...JSON_TYPE, ...bearer(__ENV.VG_API_TOKEN) },
+  tags: { name: 'redeem' },
+};
 const SUMMARY_PARAMS = { tags: { name: 'summary' } };
 
 // Each VU's own memory: its earlier requests (to replay) and the users it holds vouchers for.
