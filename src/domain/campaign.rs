@@ -78,8 +78,9 @@ impl From<CampaignName> for String {
 }
 
 /// How many vouchers a campaign holds: 1 to 1,000,000,000 (fits PostgreSQL's `integer`).
+/// JSON has one number type, so `100.0` is the integer 100 (as JSON Schema says); `1.5` is not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "i64", into = "i64")]
+#[serde(try_from = "serde_json::Number", into = "i64")]
 pub struct Total(i32);
 
 impl Total {
@@ -102,10 +103,17 @@ impl Total {
     }
 }
 
-impl TryFrom<i64> for Total {
+impl TryFrom<serde_json::Number> for Total {
     type Error = DomainError;
-    fn try_from(value: i64) -> Result<Self, Self::Error> {
-        Self::parse(value)
+    fn try_from(value: serde_json::Number) -> Result<Self, Self::Error> {
+        let whole = value.as_i64().or_else(|| {
+            value
+                .as_f64()
+                .filter(|float| float.fract() == 0.0 && float.abs() <= Self::MAX as f64)
+                .map(|float| float as i64)
+        });
+        // Fractions and numbers beyond i64 are out of range as much as 0 is.
+        Self::parse(whole.unwrap_or(0))
     }
 }
 
@@ -130,6 +138,18 @@ impl From<Total> for i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_whole_float_total_is_an_integer_and_a_fraction_is_not() {
+        let total = |json: &str| serde_json::from_str::<Total>(json).map(|t| t.get());
+        assert_eq!(total("100").unwrap(), 100);
+        assert_eq!(total("100.0").unwrap(), 100);
+        assert_eq!(total("1e3").unwrap(), 1000);
+        assert!(total("1.5").is_err());
+        assert!(total("0.0").is_err());
+        assert!(total("1e30").is_err());
+        assert!(total("18446744073709551615").is_err());
+    }
 
     #[test]
     fn a_name_is_trimmed() {

@@ -116,7 +116,7 @@ pub async fn get_campaign(
 #[utoipa::path(post, path = "/campaigns/{id}/redeem", tag = "campaigns",
     params(
         ("id" = uuid::Uuid, Path, description = "The campaign's id"),
-        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255,
+        ("Idempotency-Key" = Option<IdempotencyKey>, Header,
             description = "The idempotency key, bare or as a quoted string; must equal the body's if both are sent"),
     ),
     request_body = RedeemVoucher,
