@@ -33,7 +33,9 @@ impl<B> MakeSpan<B> for RequestSpan {
             .get(&REQUEST_ID)
             .and_then(|value| value.to_str().ok())
             .unwrap_or_default();
-        tracing::info_span!("request", id, method = %request.method(), path = %request.uri().path())
+        // At error level, so that no log filter drops the span and with it the id of the
+        // request's log lines.
+        tracing::error_span!("request", id, method = %request.method(), path = %request.uri().path())
     }
 }
 

@@ -454,3 +454,62 @@ async fn sigterm_under_load_exits_0_with_every_acknowledged_redemption_stored() 
         audit.acked.len()
     );
 }
+
+#[tokio::test]
+async fn every_log_line_of_a_request_names_its_request_id() {
+    let mut redis = RedisServer::start();
+    let port = crate::helpers::free_port();
+    let gateway = tokio::process::Command::new(env!("CARGO_BIN_EXE_voucher-gateway"))
+        .arg("serve")
+        .env("DATABASE_URL", database_url())
+        .env("REDIS_URL", redis.url())
+        .env("VG_LISTEN", format!("127.0.0.1:{port}"))
+        .env("VG_REDIS_TIMEOUT", "300ms")
+        .env("VG_LOG_FORMAT", "json")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while client.get(format!("{base}/health")).send().await.is_err() {
+        assert!(Instant::now() < deadline, "the gateway did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let created: Value = client
+        .post(format!("{base}/campaigns"))
+        .json(&json!({"name": "logs", "total": 5}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    redis.kill();
+    // The failing request logs a warning from inside its handler.
+    let answer = client
+        .get(format!(
+            "{base}/campaigns/{}",
+            created["id"].as_str().unwrap()
+        ))
+        .header("x-request-id", "log-me-7")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE);
+    signal(gateway.id().unwrap(), "TERM");
+    let output = gateway.wait_with_output().await.unwrap();
+    let logs = String::from_utf8(output.stderr).unwrap();
+    let warned: Vec<Value> = logs
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|line| line["fields"]["message"] == "Redis unavailable")
+        .collect();
+    assert!(!warned.is_empty(), "no warning logged:\n{logs}");
+    for line in warned {
+        assert_eq!(line["span"]["id"], "log-me-7", "{line}");
+    }
+}
