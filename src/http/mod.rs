@@ -18,6 +18,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{MethodRouter, get, post},
 };
+use tower::ServiceBuilder;
 use tower_http::{
     catch_panic::CatchPanicLayer,
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
@@ -68,23 +69,27 @@ pub fn router(gateway: Arc<Gateway>, probe: Arc<Probe>, settings: &HttpSettings)
             probe,
             metrics: telemetry::metrics::handle(),
         });
-    // Layers wrap what was added before them: the last one sees the request first.
+    // One stack, outermost first, so each route is wrapped once (each `Router::layer` call
+    // would box every route again).
     api.merge(ops)
         .fallback(async || ApiError::NotFound)
         .method_not_allowed_fallback(async || ApiError::MethodNotAllowed)
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(CatchPanicLayer::custom(panic_response))
-        .layer(middleware::from_fn(observe::record))
         .layer(
-            TraceLayer::new_for_http()
-                .make_span_with(observe::RequestSpan)
-                .on_failure(()),
+            ServiceBuilder::new()
+                .layer(SetRequestIdLayer::new(
+                    observe::REQUEST_ID.clone(),
+                    MakeRequestUuid,
+                ))
+                .layer(PropagateRequestIdLayer::new(observe::REQUEST_ID.clone()))
+                .layer(
+                    TraceLayer::new_for_http()
+                        .make_span_with(observe::RequestSpan)
+                        .on_failure(()),
+                )
+                .layer(middleware::from_fn(observe::record))
+                .layer(CatchPanicLayer::custom(panic_response))
+                .layer(DefaultBodyLimit::max(BODY_LIMIT)),
         )
-        .layer(PropagateRequestIdLayer::new(observe::REQUEST_ID.clone()))
-        .layer(SetRequestIdLayer::new(
-            observe::REQUEST_ID.clone(),
-            MakeRequestUuid,
-        ))
 }
 
 /// The route with a bearer token required, when one is configured.
