@@ -19,11 +19,7 @@ use axum::{
     routing::{MethodRouter, get, post},
 };
 use tower::ServiceBuilder;
-use tower_http::{
-    catch_panic::CatchPanicLayer,
-    request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
-    trace::TraceLayer,
-};
+use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::{gateway::Gateway, health::Probe, telemetry};
 use error::ApiError;
@@ -76,17 +72,7 @@ pub fn router(gateway: Arc<Gateway>, probe: Arc<Probe>, settings: &HttpSettings)
         .method_not_allowed_fallback(async || ApiError::MethodNotAllowed)
         .layer(
             ServiceBuilder::new()
-                .layer(SetRequestIdLayer::new(
-                    observe::REQUEST_ID.clone(),
-                    MakeRequestUuid,
-                ))
-                .layer(PropagateRequestIdLayer::new(observe::REQUEST_ID.clone()))
-                .layer(
-                    TraceLayer::new_for_http()
-                        .make_span_with(observe::RequestSpan)
-                        .on_failure(()),
-                )
-                .layer(middleware::from_fn(observe::record))
+                .layer(middleware::from_fn(observe::observe))
                 .layer(CatchPanicLayer::custom(panic_response))
                 .layer(DefaultBodyLimit::max(BODY_LIMIT)),
         )

@@ -6,48 +6,47 @@ use std::time::Instant;
 
 use axum::{
     extract::{MatchedPath, Request},
-    http::{HeaderName, Method},
+    http::{HeaderName, HeaderValue, Method},
     middleware::Next,
     response::Response,
 };
 use metrics::{counter, histogram};
-use tower_http::trace::MakeSpan;
+use tracing::Instrument;
+use uuid::Uuid;
 
 use crate::telemetry::metrics::{HTTP_DURATION, HTTP_REQUESTS};
 
-pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// What a response decided, for the `outcome` label: the redeem decision or the problem code.
 /// Handlers and `ApiError` put it in the response's extensions.
 #[derive(Debug, Clone, Copy)]
 pub struct OutcomeLabel(pub &'static str);
 
-/// A span per request carrying its id, so every log line of the request names it.
-#[derive(Debug, Clone, Copy)]
-pub struct RequestSpan;
-
-impl<B> MakeSpan<B> for RequestSpan {
-    fn make_span(&mut self, request: &axum::http::Request<B>) -> tracing::Span {
-        let id = request
-            .headers()
-            .get(&REQUEST_ID)
-            .and_then(|value| value.to_str().ok())
-            .unwrap_or_default();
-        // At error level, so that no log filter drops the span and with it the id of the
-        // request's log lines.
-        tracing::error_span!("request", id, method = %request.method(), path = %request.uri().path())
-    }
-}
-
-/// Middleware: counts the request and records its latency.
-pub async fn record(request: Request, next: Next) -> Response {
+/// Middleware: gives the request its id (the client's, or a new UUID), runs it in a span that
+/// carries the id, echoes the id on the response, and counts the request and its latency.
+pub async fn observe(mut request: Request, next: Next) -> Response {
     let started = Instant::now();
+    let id = match request.headers().get(&REQUEST_ID) {
+        Some(id) => id.clone(),
+        None => {
+            let mut text = [0; uuid::fmt::Hyphenated::LENGTH];
+            let new = Uuid::new_v4().hyphenated().encode_lower(&mut text);
+            let id = HeaderValue::from_str(new).expect("a UUID is a valid header value");
+            request.headers_mut().insert(&REQUEST_ID, id.clone());
+            id
+        }
+    };
+    // At error level, so that no log filter drops the span and with it the id of the request's
+    // log lines.
+    let span = tracing::error_span!("request", id = id.to_str().unwrap_or_default());
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
     let method = method_label(request.method());
-    let response = next.run(request).await;
+    let mut response = next.run(request).instrument(span).await;
+    response.headers_mut().insert(&REQUEST_ID, id);
     let outcome = response
         .extensions()
         .get::<OutcomeLabel>()
