@@ -10,32 +10,20 @@ use std::{
 };
 
 use redis::{AsyncCommands, streams::StreamPendingReply};
-use serde_json::{Value, json};
+use serde_json::Value;
 use sqlx::PgPool;
 use voucher_gateway::{domain::CampaignId, redis::keys::Shards};
 
 use crate::{
     helpers::{PgServer, RedisServer, TestApp, database_url, private_redis_config, stored},
     load::Load,
-    process::{GatewayProcess, private_database, reconcile},
+    process::{GatewayProcess, create_campaign, private_database, reconcile},
 };
 
 const CLIENTS: usize = 16;
 
 /// Plenty: these tests never sell out unless they mean to.
 const LARGE: i64 = 1_000_000;
-
-async fn create_campaign(gateway: &str, total: i64) -> CampaignId {
-    let response = reqwest::Client::new()
-        .post(format!("{gateway}/campaigns"))
-        .json(&json!({"name": "fault test", "total": total}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), reqwest::StatusCode::CREATED);
-    let body: Value = response.json().await.unwrap();
-    CampaignId::parse(body["id"].as_str().unwrap()).unwrap()
-}
 
 async fn connect(redis_url: &str) -> redis::aio::MultiplexedConnection {
     redis::Client::open(redis_url)

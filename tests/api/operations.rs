@@ -16,7 +16,7 @@ use voucher_gateway::{domain::CampaignId, redis::keys::Shards};
 use crate::{
     helpers::{RedisServer, TestApp, database_url, private_redis_config, test_config},
     load::Load,
-    process::{GatewayProcess, private_database, signal},
+    process::{GatewayProcess, create_campaign, private_database, signal},
 };
 
 async fn get_json(app: &TestApp, path: &str) -> (StatusCode, Value) {
@@ -125,16 +125,8 @@ async fn metrics_count_what_happened() {
     let redis = RedisServer::start();
     let gateway = GatewayProcess::start(&database_url(), &redis.url(), &[]).await;
     let client = reqwest::Client::new();
-    let created: Value = client
-        .post(format!("{}/campaigns", gateway.url))
-        .json(&json!({"name": "metrics", "total": 3}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = created["id"].as_str().unwrap().to_owned();
+    let campaign_id = create_campaign(&gateway.url, 3).await;
+    let id = campaign_id.to_string();
     let redeem = |user: &str, key: &str| {
         client
             .post(format!("{}/campaigns/{id}/redeem", gateway.url))
@@ -147,7 +139,6 @@ async fn metrics_count_what_happened() {
     redeem("a", "a").await.unwrap(); // replay
     redeem("b", "other").await.unwrap(); // already redeemed
     redeem("", "k").await.unwrap(); // 422
-    let campaign_id = CampaignId::parse(&id).unwrap();
     let mut con = redis::Client::open(redis.url())
         .unwrap()
         .get_multiplexed_async_connection()
@@ -418,16 +409,7 @@ async fn sigterm_under_load_exits_0_with_every_acknowledged_redemption_stored() 
         ],
     )
     .await;
-    let created: Value = reqwest::Client::new()
-        .post(format!("{}/campaigns", gateway.url))
-        .json(&json!({"name": "shutdown", "total": 1_000_000}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = CampaignId::parse(created["id"].as_str().unwrap()).unwrap();
+    let id = create_campaign(&gateway.url, 1_000_000).await;
     let load = Load::start(vec![gateway.url.clone()], id, 16);
     load.wait_acked(500).await;
 
@@ -479,22 +461,11 @@ async fn every_log_line_of_a_request_names_its_request_id() {
         assert!(Instant::now() < deadline, "the gateway did not start");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let created: Value = client
-        .post(format!("{base}/campaigns"))
-        .json(&json!({"name": "logs", "total": 5}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let id = create_campaign(&base, 5).await;
     redis.kill();
     // The failing request logs a warning from inside its handler.
     let answer = client
-        .get(format!(
-            "{base}/campaigns/{}",
-            created["id"].as_str().unwrap()
-        ))
+        .get(format!("{base}/campaigns/{id}"))
         .header("x-request-id", "log-me-7")
         .send()
         .await

@@ -10,6 +10,8 @@ use serde_json::Value;
 use sqlx::{Connection, PgConnection};
 use tokio::process::{Child, Command};
 
+use voucher_gateway::domain::CampaignId;
+
 use crate::helpers::{database_url, free_port};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_voucher-gateway");
@@ -91,6 +93,19 @@ impl GatewayProcess {
     pub fn pid(&self) -> u32 {
         self.child.as_ref().and_then(Child::id).expect("running")
     }
+}
+
+/// Creates a campaign of `total` vouchers through the gateway at `gateway` (a base URL).
+pub async fn create_campaign(gateway: &str, total: i64) -> CampaignId {
+    let response = reqwest::Client::new()
+        .post(format!("{gateway}/campaigns"))
+        .json(&serde_json::json!({"name": "test campaign", "total": total}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), reqwest::StatusCode::CREATED);
+    let body: Value = response.json().await.unwrap();
+    CampaignId::parse(body["id"].as_str().unwrap()).unwrap()
 }
 
 /// Sends a signal (`TERM`, `STOP`, `CONT`, ...) to a process.
