@@ -71,6 +71,7 @@ pub async fn prepare_database(
 impl App {
     /// Connects everything and binds the listener; nothing is served until `run`.
     pub async fn build(config: ServeConfig) -> anyhow::Result<Self> {
+        config.check()?;
         let (db, shards) = prepare_database(&config.database, !config.no_migrate).await?;
         let redis_config = &config.redis;
         let mut manager =

@@ -93,7 +93,8 @@ pub struct ServeConfig {
     #[arg(long, env = "VG_CONCURRENCY_LIMIT", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub concurrency_limit: u32,
     /// Longest a campaign API request may take (body read included) before it is answered 503.
-    #[arg(long, env = "VG_REQUEST_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    /// Must be shorter than the shutdown timeout, whose rest is the writers' time to drain.
+    #[arg(long, env = "VG_REQUEST_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
     /// `GET /ready` fails when the oldest redemption not yet written to PostgreSQL is older.
     #[arg(long, env = "VG_READY_MAX_OUTBOX_LAG", default_value = "30s", value_parser = humantime::parse_duration)]
@@ -162,6 +163,19 @@ pub struct WriterConfig {
 }
 
 impl ServeConfig {
+    /// Refuses settings that contradict each other.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.request_timeout >= self.shutdown_timeout {
+            anyhow::bail!(
+                "VG_REQUEST_TIMEOUT ({:?}) must be shorter than VG_SHUTDOWN_TIMEOUT ({:?}): at \
+                 shutdown, requests in flight finish first and the writers drain in the time left",
+                self.request_timeout,
+                self.shutdown_timeout
+            );
+        }
+        Ok(())
+    }
+
     pub fn http_settings(&self) -> HttpSettings {
         HttpSettings {
             admin_token: self.admin_token.clone(),
@@ -204,6 +218,25 @@ mod tests {
             "redis://:***@host:6379"
         );
         assert_eq!(redacted("postgres://u@h/db"), "postgres://u@h/db");
+    }
+
+    #[test]
+    fn a_request_timeout_must_leave_the_writers_time_at_shutdown() {
+        assert!(
+            ServeConfig::try_parse_from(["serve"])
+                .unwrap()
+                .check()
+                .is_ok()
+        );
+        let config = ServeConfig::try_parse_from([
+            "serve",
+            "--request-timeout",
+            "10s",
+            "--shutdown-timeout",
+            "10s",
+        ])
+        .unwrap();
+        assert!(config.check().is_err());
     }
 
     #[test]

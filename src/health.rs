@@ -59,6 +59,10 @@ impl Probe {
         }
     }
 
+    pub fn shards(&self) -> Shards {
+        self.shards
+    }
+
     /// Every shard's outbox figures, in shard order.
     pub async fn outbox_stats(&self) -> anyhow::Result<Vec<OutboxStats>> {
         let mut con = self.redis.clone();

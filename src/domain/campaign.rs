@@ -38,7 +38,8 @@ impl fmt::Display for CampaignId {
     }
 }
 
-/// A campaign's display name: trimmed, 1 to 200 characters, no control characters.
+/// A campaign's display name: 1 to 200 characters as sent, not blank, no control characters;
+/// kept without surrounding white space.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct CampaignName(String);
@@ -47,7 +48,7 @@ impl CampaignName {
     pub const MAX_CHARS: usize = 200;
 
     pub fn parse(value: &str) -> Result<Self, DomainError> {
-        text::checked(value.trim().to_owned(), Self::MAX_CHARS).map(Self)
+        text::checked(value.to_owned(), Self::MAX_CHARS).map(|name| Self(name.trim().to_owned()))
     }
 
     pub fn as_str(&self) -> &str {
@@ -56,7 +57,7 @@ impl CampaignName {
 }
 
 impl utoipa::PartialSchema for CampaignName {
-    /// As sent: surrounding white space is trimmed before the length is checked.
+    /// As sent: the white space around it is trimmed after the check.
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
         text::schema(Self::MAX_CHARS)
     }
@@ -156,6 +157,14 @@ mod tests {
         assert_eq!(
             CampaignName::parse("  Spring sale ").unwrap().as_str(),
             "Spring sale"
+        );
+    }
+
+    #[test]
+    fn a_control_character_is_rejected_even_where_trimming_would_remove_it() {
+        assert_eq!(
+            CampaignName::parse("Spring sale\n"),
+            Err(DomainError::ControlCharacter)
         );
     }
 

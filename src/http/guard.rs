@@ -10,31 +10,33 @@ use axum::{
     middleware::Next,
     response::{IntoResponse, Response},
 };
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio::sync::Semaphore;
 
 use super::error::ApiError;
 
-/// A bearer token that guards some routes.
+/// A bearer token that guards some routes, kept as its SHA-256 digest.
 #[derive(Clone)]
-pub struct Token(Arc<str>);
+pub struct Token(Arc<[u8]>);
 
 impl Token {
     /// `None` for an unset or empty setting: an empty token would guard nothing.
     pub fn from_setting(value: Option<&str>) -> Option<Self> {
         value
             .filter(|value| !value.is_empty())
-            .map(|value| Self(value.into()))
+            .map(|value| Self(Sha256::digest(value).to_vec().into()))
     }
 
     /// Whether an `Authorization` header value carries this token (the scheme name is
-    /// case-insensitive, RFC 9110), compared in constant time so the time taken does not reveal
-    /// how much of a guess was right.
+    /// case-insensitive, RFC 9110). Digests of equal length are compared in constant time, so
+    /// the time taken reveals neither how much of a guess was right nor the token's length.
     fn admits(&self, authorization: &[u8]) -> bool {
         let Some((scheme, presented)) = authorization.split_at_checked(7) else {
             return false;
         };
-        scheme.eq_ignore_ascii_case(b"bearer ") && bool::from(presented.ct_eq(self.0.as_bytes()))
+        let presented = Sha256::digest(presented);
+        scheme.eq_ignore_ascii_case(b"bearer ") && bool::from(presented.ct_eq(&self.0))
     }
 }
 

@@ -28,8 +28,8 @@ pub struct OutcomeLabel(pub &'static str);
 pub async fn observe(mut request: Request, next: Next) -> Response {
     let started = Instant::now();
     let id = match request.headers().get(&REQUEST_ID) {
-        Some(id) => id.clone(),
-        None => {
+        Some(id) if is_fit_id(id) => id.clone(),
+        _ => {
             let mut text = [0; uuid::fmt::Hyphenated::LENGTH];
             let new = Uuid::new_v4().hyphenated().encode_lower(&mut text);
             let id = HeaderValue::from_str(new).expect("a UUID is a valid header value");
@@ -62,6 +62,13 @@ pub async fn observe(mut request: Request, next: Next) -> Response {
     histogram!(HTTP_DURATION, "route" => route, "method" => method)
         .record(started.elapsed().as_secs_f64());
     response
+}
+
+/// A client's request id is kept when it is 1 to 128 visible ASCII characters; anything else
+/// would bloat or garble every log line of the request, so it is replaced.
+fn is_fit_id(id: &HeaderValue) -> bool {
+    let bytes = id.as_bytes();
+    (1..=128).contains(&bytes.len()) && bytes.iter().all(u8::is_ascii_graphic)
 }
 
 /// The method as a label; any method the API does not know is "other", so a client cannot make

@@ -49,16 +49,16 @@ pub async fn ready(State(ops): State<Ops>) -> Response {
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)))]
 pub async fn metrics(State(ops): State<Ops>) -> Response {
-    match ops.probe.outbox_stats().await {
-        Ok(stats) => {
-            for (shard, stats) in (0..).zip(&stats) {
-                metrics::record_outbox(shard, stats);
-            }
-        }
-        Err(error) => tracing::warn!(
+    let stats = ops.probe.outbox_stats().await;
+    if let Err(error) = &stats {
+        tracing::warn!(
             error = format!("{error:#}"),
             "cannot read the outbox figures"
-        ),
+        );
+    }
+    for shard in 0..ops.probe.shards().count() {
+        let shard_stats = stats.as_ref().ok().map(|all| &all[usize::from(shard)]);
+        metrics::record_outbox(shard, shard_stats);
     }
     (
         [(

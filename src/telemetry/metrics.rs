@@ -114,13 +114,22 @@ fn describe() {
     );
 }
 
-/// Publishes one shard's outbox figures (measured when scraped, not tracked continuously).
-pub fn record_outbox(shard: u16, stats: &OutboxStats) {
+/// Publishes one shard's outbox figures (measured when scraped, not tracked continuously);
+/// `None` when they could not be read: NaN then, rather than the last figures going stale.
+pub fn record_outbox(shard: u16, stats: Option<&OutboxStats>) {
     let shard = shard.to_string();
     let seconds = |age: Option<Duration>| age.unwrap_or_default().as_secs_f64();
-    gauge!(OUTBOX_LENGTH, "shard" => shard.clone()).set(stats.length as f64);
-    gauge!(OUTBOX_PENDING, "shard" => shard.clone()).set(stats.pending as f64);
-    gauge!(OUTBOX_OLDEST_PENDING_AGE, "shard" => shard.clone())
-        .set(seconds(stats.oldest_pending_age));
-    gauge!(OUTBOX_LAG, "shard" => shard).set(seconds(stats.lag));
+    let [length, pending, oldest_pending_age, lag] = match stats {
+        Some(stats) => [
+            stats.length as f64,
+            stats.pending as f64,
+            seconds(stats.oldest_pending_age),
+            seconds(stats.lag),
+        ],
+        None => [f64::NAN; 4],
+    };
+    gauge!(OUTBOX_LENGTH, "shard" => shard.clone()).set(length);
+    gauge!(OUTBOX_PENDING, "shard" => shard.clone()).set(pending);
+    gauge!(OUTBOX_OLDEST_PENDING_AGE, "shard" => shard.clone()).set(oldest_pending_age);
+    gauge!(OUTBOX_LAG, "shard" => shard).set(lag);
 }

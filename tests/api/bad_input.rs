@@ -254,6 +254,13 @@ fn cases() -> Vec<Case> {
             Some("name"),
         ),
         create(
+            "name ending in a newline",
+            json!({"name": "Spring sale\n", "total": 5}),
+            422,
+            "invalid_field",
+            Some("name"),
+        ),
+        create(
             "name missing",
             json!({"total": 5}),
             422,

@@ -56,9 +56,16 @@ async fn health_and_ready_answer_and_every_response_carries_a_request_id() {
         .await
         .unwrap();
     assert_eq!(sent.headers()["x-request-id"], "trace-me-42");
-    let generated = app.client.get(app.url("/nowhere")).send().await.unwrap();
-    let id = generated.headers()["x-request-id"].to_str().unwrap();
-    assert!(uuid::Uuid::try_parse(id).is_ok(), "{id}");
+    // Absent, or unfit for a log line: a new UUID.
+    for sent in [None, Some("with spaces"), Some(&*"x".repeat(129))] {
+        let mut request = app.client.get(app.url("/nowhere"));
+        if let Some(sent) = sent {
+            request = request.header("x-request-id", sent);
+        }
+        let response = request.send().await.unwrap();
+        let id = response.headers()["x-request-id"].to_str().unwrap();
+        assert!(uuid::Uuid::try_parse(id).is_ok(), "{sent:?} -> {id}");
+    }
 }
 
 #[tokio::test]
@@ -166,7 +173,12 @@ async fn metrics_count_what_happened() {
     let deadline = Instant::now() + Duration::from_secs(10);
     let text = loop {
         let text = scrape().await;
-        if metric(&text, "vg_writer_rows_total", &[]) == 3.0 || Instant::now() > deadline {
+        // Rows are counted at the commit, the outbox emptied at the acknowledgement just after.
+        let shard = Shards::new(16).of(campaign_id).to_string();
+        let drained = metric(&text, "vg_outbox_length", &[("shard", shard.as_str())]) == 0.0;
+        if (metric(&text, "vg_writer_rows_total", &[]) == 3.0 && drained)
+            || Instant::now() > deadline
+        {
             break text;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -290,7 +302,7 @@ async fn stalled_redeem(app: &TestApp, id: CampaignId) -> TcpStream {
 async fn read_status_and_body(stream: &mut TcpStream) -> String {
     use tokio::io::AsyncReadExt;
     let mut buffer = vec![0; 4096];
-    let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buffer))
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buffer))
         .await
         .expect("an answer")
         .unwrap();
@@ -301,7 +313,7 @@ async fn read_status_and_body(stream: &mut TcpStream) -> String {
 async fn overload_is_refused_at_once_and_slow_requests_time_out() {
     let mut config = test_config();
     config.concurrency_limit = 2;
-    config.request_timeout = Duration::from_millis(800);
+    config.request_timeout = Duration::from_secs(3);
     let app = TestApp::spawn_with(config).await;
     let id = app.create_campaign(10).await;
     let mut stalled = [
@@ -312,7 +324,7 @@ async fn overload_is_refused_at_once_and_slow_requests_time_out() {
 
     let started = Instant::now();
     let refused = app.post_redeem(id, "u1", "k1").await;
-    assert!(started.elapsed() < Duration::from_millis(500), "not queued");
+    assert!(started.elapsed() < Duration::from_secs(1), "not queued");
     assert_eq!(refused.headers()["retry-after"], "1");
     assert_eq!(
         problem_code(refused, StatusCode::SERVICE_UNAVAILABLE).await,
@@ -412,6 +424,17 @@ async fn sigterm_under_load_exits_0_with_every_acknowledged_redemption_stored() 
     let id = create_campaign(&gateway.url, 1_000_000).await;
     let load = Load::start(vec![gateway.url.clone()], id, 16);
     load.wait_acked(500).await;
+    let mut con = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let outbox = Shards::new(16).campaign(id).outbox;
+    let queued: u64 = con.xlen(&outbox).await.unwrap();
+    assert!(
+        queued > 0,
+        "no backlog to drain: the test would prove nothing"
+    );
 
     let started = Instant::now();
     let status = gateway.terminate(Duration::from_secs(25)).await;
@@ -423,16 +446,11 @@ async fn sigterm_under_load_exits_0_with_every_acknowledged_redemption_stored() 
     let db = PgPool::connect(&database_url()).await.unwrap();
     let audit = history.audit(&db, id, &HashSet::new()).await;
     assert!(audit.lost.is_empty(), "lost {:?}", audit.lost);
-    let mut con = redis::Client::open(redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let outbox = Shards::new(16).campaign(id).outbox;
     let left: u64 = con.xlen(&outbox).await.unwrap();
     assert_eq!(left, 0, "entries left in the outbox");
     eprintln!(
-        "SIGTERM under load: {} acked, all stored; exit 0 {stopped:?} after the signal",
+        "SIGTERM under load: {} acked, all stored ({queued} queued at the signal); exit 0 \
+         {stopped:?} after the signal",
         audit.acked.len()
     );
 }
@@ -472,7 +490,10 @@ async fn every_log_line_of_a_request_names_its_request_id() {
         .unwrap();
     assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE);
     signal(gateway.id().unwrap(), "TERM");
-    let output = gateway.wait_with_output().await.unwrap();
+    let output = tokio::time::timeout(Duration::from_secs(20), gateway.wait_with_output())
+        .await
+        .expect("the gateway exits after SIGTERM")
+        .unwrap();
     let logs = String::from_utf8(output.stderr).unwrap();
     let warned: Vec<Value> = logs
         .lines()
