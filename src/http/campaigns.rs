@@ -15,7 +15,7 @@ use super::{
     error::ApiError,
     extract::{ApiJson, CampaignPath},
     observe::OutcomeLabel,
-    openapi::{CreateProblems, ReadProblems, RedeemProblems},
+    openapi::{CreateProblems, HeaderKey, ReadProblems, RedeemProblems},
 };
 use crate::{
     domain::{CampaignName, IdempotencyKey, Outcome, Total, UserId},
@@ -116,7 +116,7 @@ pub async fn get_campaign(
 #[utoipa::path(post, path = "/campaigns/{id}/redeem", tag = "campaigns",
     params(
         ("id" = uuid::Uuid, Path, description = "The campaign's id"),
-        ("Idempotency-Key" = Option<IdempotencyKey>, Header,
+        ("Idempotency-Key" = Option<HeaderKey>, Header,
             description = "The idempotency key, bare or as a quoted string; must equal the body's if both are sent"),
     ),
     request_body = RedeemVoucher,

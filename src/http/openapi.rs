@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, sync::LazyLock};
 
 use axum::{http::header, response::IntoResponse};
 use utoipa::{
-    IntoResponses, Modify, OpenApi, ToSchema,
+    IntoResponses, Modify, OpenApi, PartialSchema, ToSchema,
     openapi::{
         self, ContentBuilder, HeaderBuilder, RefOr, ResponseBuilder,
         security::{Http, HttpAuthScheme, SecurityScheme},
@@ -13,6 +13,7 @@ use utoipa::{
 };
 
 use super::{campaigns, error::Problem, ops};
+use crate::domain::IdempotencyKey;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -25,7 +26,7 @@ use super::{campaigns, error::Problem, ops};
         ops::metrics,
         openapi_json,
     ),
-    components(schemas(Problem)),
+    components(schemas(Problem, HeaderKey)),
     modifiers(&BearerTokens),
     tags(
         (name = "campaigns", description = "Create campaigns, redeem their vouchers, read their counters"),
@@ -64,6 +65,25 @@ impl Modify for BearerTokens {
         }
     }
 }
+
+/// The `Idempotency-Key` header: the key's rules, and no space at either end, since HTTP strips
+/// it from header values (such a key could not arrive intact; send it in the body).
+pub struct HeaderKey;
+
+impl PartialSchema for HeaderKey {
+    fn schema() -> RefOr<openapi::schema::Schema> {
+        openapi::ObjectBuilder::new()
+            .schema_type(openapi::Type::String)
+            .min_length(Some(1))
+            .max_length(Some(IdempotencyKey::MAX_CHARS))
+            .pattern(Some(
+                r"^(?=.*\S)[^\x00-\x1f\x7f-\x9f ](?:[^\x00-\x1f\x7f-\x9f]*[^\x00-\x1f\x7f-\x9f ])?$",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for HeaderKey {}
 
 /// Problems every campaign route can answer: overload, timeouts, a server down.
 const UNAVAILABLE: u16 = 503;
