@@ -8,6 +8,13 @@ text_value! {
     IdempotencyKey, 255
 }
 
+impl IdempotencyKey {
+    /// The key's schema when sent as the `Idempotency-Key` header.
+    pub fn header_schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        super::text::header_schema(Self::MAX_CHARS)
+    }
+}
+
 /// What a redeem decided. `Redeemed { replayed: true }` answers a retry of the request that took
 /// the voucher; the client sees the same status either way (the HTTP layer names them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

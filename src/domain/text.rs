@@ -17,17 +17,34 @@ pub(super) fn checked(value: String, max: usize) -> Result<String, DomainError> 
     Ok(value)
 }
 
-/// `checked` as a JSON Schema pattern (ECMA-262, as OpenAPI 3.1 reads it): at least one
-/// character that is neither white space nor control, and no control character.
-const PATTERN: &str = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$";
+/// The control characters `checked` refuses, as the body of a regex character class.
+const CONTROL: &str = r"\x00-\x1f\x7f-\x9f";
 
-/// The OpenAPI schema of a text field checked with `max` characters.
+/// The OpenAPI schema of a text field checked with `max` characters: `checked` as a JSON Schema
+/// pattern (ECMA-262, as OpenAPI 3.1 reads it): at least one character that is neither white
+/// space nor control, and no control character.
 pub(super) fn schema(max: usize) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    text_schema(max, format!("^[^{CONTROL}]*[^\\s{CONTROL}][^{CONTROL}]*$"))
+}
+
+/// `schema` for a value sent in an HTTP header, which cannot begin or end with a space: HTTP
+/// strips it from header values.
+pub(super) fn header_schema(max: usize) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    text_schema(
+        max,
+        format!("^(?=.*\\S)[^{CONTROL} ](?:[^{CONTROL}]*[^{CONTROL} ])?$"),
+    )
+}
+
+fn text_schema(
+    max: usize,
+    pattern: String,
+) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
     utoipa::openapi::ObjectBuilder::new()
         .schema_type(utoipa::openapi::Type::String)
         .min_length(Some(1))
         .max_length(Some(max))
-        .pattern(Some(PATTERN))
+        .pattern(Some(pattern))
         .into()
 }
 

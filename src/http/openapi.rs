@@ -72,14 +72,7 @@ pub struct HeaderKey;
 
 impl PartialSchema for HeaderKey {
     fn schema() -> RefOr<openapi::schema::Schema> {
-        openapi::ObjectBuilder::new()
-            .schema_type(openapi::Type::String)
-            .min_length(Some(1))
-            .max_length(Some(IdempotencyKey::MAX_CHARS))
-            .pattern(Some(
-                r"^(?=.*\S)[^\x00-\x1f\x7f-\x9f ](?:[^\x00-\x1f\x7f-\x9f]*[^\x00-\x1f\x7f-\x9f ])?$",
-            ))
-            .into()
+        IdempotencyKey::header_schema()
     }
 }
 
