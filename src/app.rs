@@ -113,11 +113,6 @@ impl App {
             config.ready_max_outbox_lag,
         ));
         let gateway = Arc::new(Gateway::new(manager, pool, db, shards, config.absent_ttl));
-        if config.admin_token.as_deref().unwrap_or_default().is_empty() {
-            tracing::warn!(
-                "VG_ADMIN_TOKEN is not set: ANYONE who can reach this port can create campaigns"
-            );
-        }
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;

@@ -44,15 +44,22 @@ pub struct HttpSettings {
 
 pub fn router(gateway: Arc<Gateway>, probe: Arc<Probe>, settings: &HttpSettings) -> Router {
     let limits = Limits::new(settings.concurrency_limit, settings.request_timeout);
+    let admin_token = Token::from_setting(settings.admin_token.as_deref());
+    if admin_token.is_none() {
+        tracing::warn!(
+            "VG_ADMIN_TOKEN is not set: ANYONE who can reach this port can create campaigns"
+        );
+    }
+    let api_token = Token::from_setting(settings.api_token.as_deref());
     let api = Router::new()
         .route(
             "/campaigns",
-            guarded(post(campaigns::create_campaign), &settings.admin_token),
+            guarded(post(campaigns::create_campaign), admin_token),
         )
         .route("/campaigns/{id}", get(campaigns::get_campaign))
         .route(
             "/campaigns/{id}/redeem",
-            guarded(post(campaigns::redeem_voucher), &settings.api_token),
+            guarded(post(campaigns::redeem_voucher), api_token),
         )
         .route_layer(middleware::from_fn_with_state(limits, guard::limit))
         .with_state(gateway);
@@ -79,11 +86,11 @@ pub fn router(gateway: Arc<Gateway>, probe: Arc<Probe>, settings: &HttpSettings)
 }
 
 /// The route with a bearer token required, when one is configured.
-fn guarded<S>(route: MethodRouter<S>, token: &Option<String>) -> MethodRouter<S>
+fn guarded<S>(route: MethodRouter<S>, token: Option<Token>) -> MethodRouter<S>
 where
     S: Clone + Send + Sync + 'static,
 {
-    match Token::from_setting(token.as_deref()) {
+    match token {
         Some(token) => {
             route.route_layer(middleware::from_fn_with_state(token, guard::require_token))
         }
