@@ -11,18 +11,20 @@ use std::{
 use anyhow::Context;
 use metrics::{counter, histogram};
 use redis::{
-    AsyncCommands,
-    streams::{
-        StreamAutoClaimOptions, StreamAutoClaimReply, StreamRangeReply, StreamReadOptions,
-        StreamReadReply,
-    },
+    AsyncCommands, Value,
+    streams::{StreamAutoClaimOptions, StreamRangeReply, StreamReadOptions},
 };
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::{
-    redis::{keys::WRITER_GROUP, marker, outbox, scripts},
+    redis::{
+        keys::WRITER_GROUP,
+        marker,
+        outbox::{self, Entries},
+        scripts,
+    },
     store::{self, BatchSummary, OutboxEntry},
     telemetry::metrics::{
         WRITER_BATCH_SIZE, WRITER_CLAIMED, WRITER_COMMIT_DURATION, WRITER_ERRORS, WRITER_REJECTED,
@@ -201,16 +203,17 @@ impl Writer {
             .group(WRITER_GROUP, &self.consumer)
             .count(batch)
             .block(self.settings.block.as_millis().max(1) as usize);
-        let reply: Option<StreamReadReply> = con.xread_options(&[outbox], &[">"], &options).await?;
-        let mut entries = parse_read(reply);
+        let reply: Value = con.xread_options(&[outbox], &[">"], &options).await?;
+        let mut entries = Entries::decode_read(reply)?.entries;
         if !entries.is_empty() && entries.len() < batch && !self.settings.flush_interval.is_zero() {
             tokio::time::sleep(self.settings.flush_interval).await;
             let options = StreamReadOptions::default()
                 .group(WRITER_GROUP, &self.consumer)
                 .count(batch - entries.len());
             // The entries in hand are pending already: store them even if topping up fails.
-            match con.xread_options(&[outbox], &[">"], &options).await {
-                Ok(reply) => entries.extend(parse_read(reply)),
+            let reply = con.xread_options(&[outbox], &[">"], &options).await;
+            match reply.and_then(Entries::decode_read) {
+                Ok(more) => entries.extend(more.entries),
                 Err(error) => tracing::warn!(%outbox, %error, "topping up a batch failed"),
             }
         }
@@ -237,7 +240,7 @@ impl Writer {
         let mut con = self.redis.get().await?;
         let options = StreamAutoClaimOptions::default().count(self.settings.batch_size);
         let from = self.claim_from.lock().expect("never poisoned").clone();
-        let reply: StreamAutoClaimReply = con
+        let reply: Value = con
             .xautoclaim_options(
                 outbox,
                 WRITER_GROUP,
@@ -247,10 +250,12 @@ impl Writer {
                 options,
             )
             .await?;
-        *self.claim_from.lock().expect("never poisoned") = reply.next_stream_id.clone();
-        if !reply.claimed.is_empty() {
-            counter!(WRITER_CLAIMED).increment(reply.claimed.len() as u64);
-            tracing::info!(%outbox, count = reply.claimed.len(), "claimed entries of a stalled consumer");
+        let (next, claimed) = Entries::decode_claim(reply)?;
+        *self.claim_from.lock().expect("never poisoned") = next;
+        let count = claimed.entries.len();
+        if count > 0 {
+            counter!(WRITER_CLAIMED).increment(count as u64);
+            tracing::info!(%outbox, count, "claimed entries of a stalled consumer");
         }
         // A live consumer reads at least every `block`; one silent for this long is gone.
         let gone = self.settings.claim_idle * PRUNE_AFTER_CLAIM_IDLES;
@@ -258,7 +263,7 @@ impl Writer {
         if pruned > 0 {
             tracing::info!(%outbox, pruned, "removed consumers of stopped writers");
         }
-        Ok(outbox::parse_entries(reply.claimed))
+        Ok(claimed.entries)
     }
 
     /// Stores a batch, retrying PostgreSQL errors with backoff until it commits or `cancel`
@@ -320,12 +325,4 @@ impl Backoff {
         self.0 = (self.0 * 2).min(BACKOFF_MAX);
         pause
     }
-}
-
-fn parse_read(reply: Option<StreamReadReply>) -> Vec<OutboxEntry> {
-    reply
-        .into_iter()
-        .flat_map(|reply| reply.keys)
-        .flat_map(|key| outbox::parse_entries(key.ids))
-        .collect()
 }

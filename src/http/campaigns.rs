@@ -5,7 +5,7 @@ use std::sync::Arc;
 use axum::{
     Extension, Json,
     extract::State,
-    http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header},
+    http::{HeaderName, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
 use serde::{Deserialize, Serialize};
@@ -13,7 +13,7 @@ use utoipa::ToSchema;
 
 use super::{
     error::ApiError,
-    extract::{ApiJson, CampaignPath},
+    extract::{ApiJson, CampaignPath, KeyHeader},
     observe::OutcomeLabel,
     openapi::{CreateProblems, HeaderKey, ReadProblems, RedeemProblems},
 };
@@ -22,8 +22,6 @@ use crate::{
     gateway::{Gateway, Summary},
 };
 
-/// The IETF draft's request header for the idempotency key.
-static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 /// Set on a REDEEMED answer that replays an earlier one.
 static IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 
@@ -129,10 +127,10 @@ pub async fn get_campaign(
 pub async fn redeem_voucher(
     State(gateway): State<Arc<Gateway>>,
     CampaignPath(id): CampaignPath,
-    headers: HeaderMap,
+    KeyHeader(header): KeyHeader,
     ApiJson(request): ApiJson<RedeemVoucher>,
 ) -> Result<Response, ApiError> {
-    let key = idempotency_key(&headers, request.idempotency_key)?;
+    let key = idempotency_key(header.as_ref(), request.idempotency_key)?;
     let outcome = gateway.redeem(id, &request.user_id, &key).await?;
     let (status, label) = match outcome {
         Outcome::Redeemed { replayed: false } => (RedeemStatus::Redeemed, "redeemed"),
@@ -158,15 +156,14 @@ pub async fn redeem_voucher(
 /// The key from the body or the `Idempotency-Key` header (a bare value or a quoted structured
 /// field string); both present must agree.
 fn idempotency_key(
-    headers: &HeaderMap,
+    from_header: Option<&HeaderValue>,
     from_body: Option<IdempotencyKey>,
 ) -> Result<IdempotencyKey, ApiError> {
     let invalid = |detail: String| ApiError::InvalidField {
         field: "Idempotency-Key".into(),
         detail,
     };
-    let from_header = headers
-        .get(&IDEMPOTENCY_KEY)
+    let from_header = from_header
         .map(|value| {
             let text = std::str::from_utf8(value.as_bytes())
                 .map_err(|_| invalid("must be UTF-8".into()))?;

@@ -1,10 +1,12 @@
 //! Extractors that turn every malformed request into an `ApiError` before a handler runs, so a bad
 //! request can never reach Redis or PostgreSQL.
 
+use std::convert::Infallible;
+
 use axum::{
     body::Bytes,
     extract::{FromRequest, FromRequestParts, Path, Request},
-    http::{StatusCode, header, request::Parts},
+    http::{HeaderName, HeaderValue, StatusCode, header, request::Parts},
 };
 use serde::de::DeserializeOwned;
 
@@ -97,6 +99,21 @@ impl<S: Send + Sync> FromRequestParts<S> for CampaignPath {
         CampaignId::parse(&id)
             .map(CampaignPath)
             .map_err(|_| ApiError::InvalidCampaignId)
+    }
+}
+
+/// The `Idempotency-Key` header, unchecked: the handler checks it after the body, so a request
+/// with both wrong is told about the body. Taken alone, not as a copy of every header.
+pub struct KeyHeader(pub Option<HeaderValue>);
+
+/// The IETF draft's request header for the idempotency key.
+static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+
+impl<S: Send + Sync> FromRequestParts<S> for KeyHeader {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(KeyHeader(parts.headers.get(&IDEMPOTENCY_KEY).cloned()))
     }
 }
 

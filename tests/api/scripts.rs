@@ -4,11 +4,12 @@
 use std::collections::HashMap;
 
 use rand::{Rng, SeedableRng, rngs::StdRng};
-use redis::{AsyncCommands, aio::MultiplexedConnection, streams::StreamRangeReply};
+use redis::{AsyncCommands, aio::MultiplexedConnection};
 use voucher_gateway::{
     domain::{CampaignId, IdempotencyKey, UserId},
     redis::{
         keys::{CampaignKeys, Shards},
+        outbox,
         scripts::{self, Decision, Hydration},
     },
 };
@@ -57,18 +58,11 @@ async fn outbox_entries(
     keys: &CampaignKeys,
     id: CampaignId,
 ) -> Vec<(String, String, i64)> {
-    let reply: StreamRangeReply = con.xrange_all(&keys.outbox).await.unwrap();
-    reply
-        .ids
-        .iter()
-        .filter(|entry| entry.get::<String>("campaign").as_deref() == Some(&id.to_string()))
-        .map(|entry| {
-            (
-                entry.get("user").unwrap(),
-                entry.get("key").unwrap(),
-                entry.get("seq").unwrap(),
-            )
-        })
+    outbox::queued_entries(con, &keys.outbox, id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|entry| (entry.user, entry.key, i64::from(entry.seq)))
         .collect()
 }
 
