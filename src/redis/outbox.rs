@@ -46,17 +46,17 @@ impl Entries {
     }
 
     /// Decodes an XREADGROUP reply for one stream: nil when nothing came, else
-    /// `[[stream, entries]]`.
+    /// `[[stream, entries]]` (RESP2) or `{stream: entries}` (RESP3).
     pub fn decode_read(reply: Value) -> RedisResult<Self> {
-        if reply == Value::Nil {
-            return Ok(Entries::default());
-        }
-        match array(reply)?.into_iter().next() {
-            None => Ok(Entries::default()),
-            Some(stream) => {
-                Entries::decode(array(stream)?.into_iter().nth(1).unwrap_or(Value::Nil))
-            }
-        }
+        let entries = match reply {
+            Value::Nil => None,
+            Value::Map(streams) => streams.into_iter().next().map(|(_, entries)| entries),
+            other => match array(other)?.into_iter().next() {
+                Some(stream) => Some(array(stream)?.into_iter().nth(1).unwrap_or(Value::Nil)),
+                None => None,
+            },
+        };
+        entries.map_or_else(|| Ok(Entries::default()), Entries::decode)
     }
 
     /// Decodes an XAUTOCLAIM reply, `[next start, entries, deleted ids]`: the entries, and where
@@ -205,6 +205,13 @@ mod tests {
     }
 
     #[test]
+    fn no_user_id_or_key_can_hold_the_separator() {
+        let with = format!("a{SEPARATOR}b");
+        assert!(crate::domain::UserId::parse(&with).is_err());
+        assert!(crate::domain::IdempotencyKey::parse(&with).is_err());
+    }
+
+    #[test]
     fn read_and_claim_replies_decode() {
         let value = "0b6c6f1e-6a3c-4c49-9a59-2f9d1c1b7e7a\nu\nk\n1";
         assert!(Entries::decode_read(Value::Nil).unwrap().entries.is_empty());
@@ -213,6 +220,11 @@ mod tests {
             Value::Array(vec![entry("5-0", "r", value)]),
         ])]);
         assert_eq!(Entries::decode_read(read).unwrap().entries.len(), 1);
+        let resp3 = Value::Map(vec![(
+            Value::BulkString(b"{vg:0}:outbox".to_vec()),
+            Value::Array(vec![entry("5-0", "r", value)]),
+        )]);
+        assert_eq!(Entries::decode_read(resp3).unwrap().entries.len(), 1);
         let claim = Value::Array(vec![
             Value::BulkString(b"7-0".to_vec()),
             Value::Array(vec![entry("6-0", "r", value)]),
