@@ -135,7 +135,7 @@ impl Writer {
             Vec::new()
         };
         if entries.is_empty() {
-            entries = self.read(outbox).await?;
+            entries = self.read(outbox).await?.entries;
         }
         self.write(outbox, &entries, cancel).await?;
         Ok(entries.len())
@@ -159,11 +159,11 @@ impl Writer {
             return Ok(());
         };
         loop {
-            let entries = self.read(outbox).await?;
-            let Some(last) = entries.last().and_then(|entry| outbox::parse_id(&entry.id)) else {
+            let read = self.read(outbox).await?;
+            let Some(last) = read.last_id.as_deref().and_then(outbox::parse_id) else {
                 return Ok(());
             };
-            self.write(outbox, &entries, cancel).await?;
+            self.write(outbox, &read.entries, cancel).await?;
             if last >= end {
                 return Ok(());
             }
@@ -196,7 +196,7 @@ impl Writer {
 
     /// Reads new entries for this consumer: waits up to `block` for the first, then up to
     /// `flush_interval` for the batch to fill.
-    pub async fn read(&self, outbox: &str) -> anyhow::Result<Vec<OutboxEntry>> {
+    pub async fn read(&self, outbox: &str) -> anyhow::Result<Entries> {
         let mut con = self.redis.get().await?;
         let batch = self.settings.batch_size;
         let options = StreamReadOptions::default()
@@ -204,20 +204,21 @@ impl Writer {
             .count(batch)
             .block(self.settings.block.as_millis().max(1) as usize);
         let reply: Value = con.xread_options(&[outbox], &[">"], &options).await?;
-        let mut entries = Entries::decode_read(reply)?.entries;
-        if !entries.is_empty() && entries.len() < batch && !self.settings.flush_interval.is_zero() {
+        let mut read = Entries::decode_read(reply)?;
+        let count = read.entries.len();
+        if count > 0 && count < batch && !self.settings.flush_interval.is_zero() {
             tokio::time::sleep(self.settings.flush_interval).await;
             let options = StreamReadOptions::default()
                 .group(WRITER_GROUP, &self.consumer)
-                .count(batch - entries.len());
+                .count(batch - count);
             // The entries in hand are pending already: store them even if topping up fails.
             let reply = con.xread_options(&[outbox], &[">"], &options).await;
             match reply.and_then(Entries::decode_read) {
-                Ok(more) => entries.extend(more.entries),
+                Ok(more) => read.append(more),
                 Err(error) => tracing::warn!(%outbox, %error, "topping up a batch failed"),
             }
         }
-        Ok(entries)
+        Ok(read)
     }
 
     /// Whether a claim is due: every half `claim_idle`, since a claim scans the pending list,

@@ -34,6 +34,10 @@ impl Entries {
     pub fn decode(reply: Value) -> RedisResult<Self> {
         let mut decoded = Entries::default();
         for entry in array(reply)? {
+            // Redis before 7.0 lists a deleted entry that XAUTOCLAIM found as nil.
+            if entry == Value::Nil {
+                continue;
+            }
             let mut parts = array(entry)?.into_iter();
             let id = string(parts.next())?;
             match parts.next().and_then(|fields| parse_entry(&id, fields)) {
@@ -43,6 +47,14 @@ impl Entries {
             decoded.last_id = Some(id);
         }
         Ok(decoded)
+    }
+
+    /// Adds the entries of a later reply.
+    pub fn append(&mut self, later: Entries) {
+        self.entries.extend(later.entries);
+        if later.last_id.is_some() {
+            self.last_id = later.last_id;
+        }
     }
 
     /// Decodes an XREADGROUP reply for one stream: nil when nothing came, else
@@ -185,6 +197,7 @@ mod tests {
                 &format!("{campaign}\nuser\nkey\n8\nextra"),
             ),
             entry("1700000000125-0", "campaign", campaign),
+            Value::Nil,
         ]);
         let decoded = Entries::decode(reply).unwrap();
         assert_eq!(decoded.last_id.as_deref(), Some("1700000000125-0"));

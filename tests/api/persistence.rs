@@ -67,11 +67,11 @@ async fn entries_of_a_consumer_killed_between_read_and_ack_are_claimed_and_store
     // A consumer reads the entries, then dies before it stores or acknowledges them.
     let doomed = Writer::new(pool.clone(), app.db.clone(), settings.clone());
     doomed.ensure_group(&stream).await.unwrap();
-    assert_eq!(doomed.read(&stream).await.unwrap().len(), 40);
+    assert_eq!(doomed.read(&stream).await.unwrap().entries.len(), 40);
     drop(doomed);
     let survivor = Writer::new(pool, app.db.clone(), settings);
     assert!(
-        survivor.read(&stream).await.unwrap().is_empty(),
+        survivor.read(&stream).await.unwrap().entries.is_empty(),
         "nothing new to read: all pending"
     );
 
