@@ -19,7 +19,7 @@
 --
 -- An outbox entry is one field holding its four parts, separated by newlines (which user ids and
 -- keys cannot contain): a writer decodes five reply values per entry where five fields took
--- thirteen, and Redis stores and sends less. The time of the redemption is the entry id's millisecond part.
+-- thirteen, and Redis stores and sends less. The redemption's time is the entry id's milliseconds.
 --
 -- State only moves one way (remaining never grows, a user never leaves users), so the answer for a
 -- (campaign, user, key) never changes once given: no per-key reply cache is needed. Everything is
