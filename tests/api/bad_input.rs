@@ -340,15 +340,7 @@ async fn every_malformed_request_is_a_4xx_problem_and_changes_nothing() {
             .fetch_one(&app.db)
             .await
             .unwrap();
-    let document: Value = app
-        .client
-        .get(app.url("/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let document: Value = app.get_json("/openapi.json").await;
 
     for case in cases() {
         // The OpenAPI document lists this answer for the operation (when it is one).

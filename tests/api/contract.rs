@@ -24,15 +24,7 @@ async fn creating_a_campaign_answers_201_with_location_and_summary() {
         body,
         json!({"id": id, "name": "Café 🎫", "total": 3, "redeemed": 0, "remaining": 3})
     );
-    let fetched: Value = app
-        .client
-        .get(app.url(&location))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let fetched: Value = app.get_json(&location).await;
     assert_eq!(fetched, body);
 }
 

@@ -165,6 +165,12 @@ impl TestApp {
             .unwrap()
     }
 
+    /// The JSON body of `GET path`, whatever its status.
+    pub async fn get_json(&self, path: &str) -> Value {
+        let response = self.client.get(self.url(path)).send().await.unwrap();
+        response.json().await.unwrap()
+    }
+
     pub async fn summary(&self, id: CampaignId) -> Value {
         let response = self.get_campaign(id).await;
         assert_eq!(response.status(), StatusCode::OK);
