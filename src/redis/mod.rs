@@ -77,3 +77,13 @@ pub async fn check_no_eviction(con: &mut ConnectionManager) -> anyhow::Result<()
         }
     }
 }
+
+/// The error for a reply of a shape `source` never gives: a bug or a foreign writer, not an
+/// outage.
+pub(crate) fn unexpected_reply(source: &str, reply: impl std::fmt::Display) -> redis::RedisError {
+    redis::RedisError::from((
+        redis::ErrorKind::Client,
+        "unexpected reply",
+        format!("{source} returned {reply}"),
+    ))
+}

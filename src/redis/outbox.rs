@@ -111,25 +111,23 @@ fn parse_entry(id: &str, fields: Value) -> Option<OutboxEntry> {
 fn array(value: Value) -> RedisResult<Vec<Value>> {
     match value {
         Value::Array(items) => Ok(items),
-        other => Err(unexpected(&other)),
+        other => Err(super::unexpected_reply(
+            "a stream command",
+            format!("{other:?}"),
+        )),
     }
 }
 
 fn string(value: Option<Value>) -> RedisResult<String> {
     match value {
         Some(Value::BulkString(bytes)) => String::from_utf8(bytes)
-            .map_err(|error| unexpected(&Value::BulkString(error.into_bytes()))),
+            .map_err(|error| super::unexpected_reply("a stream command", format!("{error}"))),
         Some(Value::SimpleString(text)) => Ok(text),
-        other => Err(unexpected(&other.unwrap_or(Value::Nil))),
+        other => Err(super::unexpected_reply(
+            "a stream command",
+            format!("{other:?}"),
+        )),
     }
-}
-
-fn unexpected(value: &Value) -> redis::RedisError {
-    redis::RedisError::from((
-        redis::ErrorKind::Client,
-        "unexpected stream reply",
-        format!("{value:?}"),
-    ))
 }
 
 /// A stream entry id (`<ms>-<seq>`) as a pair that orders like the stream.

@@ -57,7 +57,7 @@ pub async fn redeem(
         [2] => Ok(Decision::Replayed),
         [3] => Ok(Decision::AlreadyRedeemed),
         [4] => Ok(Decision::SoldOut),
-        _ => Err(unexpected("redeem.lua", format!("{reply:?}"))),
+        _ => Err(super::unexpected_reply("redeem.lua", format!("{reply:?}"))),
     }
 }
 
@@ -114,7 +114,7 @@ fn hydration(code: i64) -> RedisResult<Hydration> {
         1 => Ok(Hydration::Written),
         0 => Ok(Hydration::AlreadyLoaded),
         -1 => Ok(Hydration::HoldersLost),
-        other => Err(unexpected("hydrate.lua", other)),
+        other => Err(super::unexpected_reply("hydrate.lua", other)),
     }
 }
 
@@ -158,7 +158,7 @@ pub async fn repair(
     match reply[..] {
         [] => Ok(None),
         [remaining, holders] => Ok(Some((remaining, holders))),
-        _ => Err(unexpected("repair.lua", format!("{reply:?}"))),
+        _ => Err(super::unexpected_reply("repair.lua", format!("{reply:?}"))),
     }
 }
 
@@ -213,7 +213,10 @@ pub async fn outbox_stats(con: &mut impl ConnectionLike, outbox: &str) -> RedisR
         .invoke_async(con)
         .await?;
     let [now_ms, length, pending, oldest_pending_ms, oldest_ms] = reply[..] else {
-        return Err(unexpected("outbox_stats.lua", format!("{reply:?}")));
+        return Err(super::unexpected_reply(
+            "outbox_stats.lua",
+            format!("{reply:?}"),
+        ));
     };
     // A negative time means "none"; ids stamped after `now` (a clock step back) count as fresh.
     let age = |at_ms: i64| {
@@ -225,12 +228,4 @@ pub async fn outbox_stats(con: &mut impl ConnectionLike, outbox: &str) -> RedisR
         oldest_pending_age: age(oldest_pending_ms),
         lag: age(oldest_ms),
     })
-}
-
-fn unexpected(script: &str, reply: impl std::fmt::Display) -> redis::RedisError {
-    redis::RedisError::from((
-        redis::ErrorKind::Client,
-        "unexpected script reply",
-        format!("{script} returned {reply}"),
-    ))
 }
