@@ -8,7 +8,11 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use tokio::{net::TcpListener, time::Instant};
+use tokio::{
+    net::TcpListener,
+    runtime::{self, Runtime},
+    time::Instant,
+};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
@@ -20,6 +24,18 @@ use crate::{
     store, telemetry,
     writer::Writer,
 };
+
+/// The async runtime: a single-threaded one for one thread, else one worker per thread.
+pub fn runtime(threads: u16) -> std::io::Result<Runtime> {
+    let mut builder = if threads <= 1 {
+        runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = runtime::Builder::new_multi_thread();
+        builder.worker_threads(threads.into());
+        builder
+    };
+    builder.enable_all().build()
+}
 
 pub struct App {
     listener: TcpListener,
@@ -192,5 +208,21 @@ impl App {
         upkeep.abort();
         tracing::info!("stopped");
         served
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::runtime::RuntimeFlavor;
+
+    use super::*;
+
+    #[test]
+    fn one_thread_is_a_single_threaded_runtime_more_are_workers() {
+        let flavor = |threads| runtime(threads).unwrap().handle().runtime_flavor();
+        assert_eq!(flavor(1), RuntimeFlavor::CurrentThread);
+        let many = runtime(3).unwrap();
+        assert_eq!(many.handle().runtime_flavor(), RuntimeFlavor::MultiThread);
+        assert_eq!(many.metrics().num_workers(), 3);
     }
 }

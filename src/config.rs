@@ -99,6 +99,13 @@ pub struct ServeConfig {
     /// `GET /ready` fails when the oldest redemption not yet written to PostgreSQL is older.
     #[arg(long, env = "VG_READY_MAX_OUTBOX_LAG", default_value = "30s", value_parser = humantime::parse_duration)]
     pub ready_max_outbox_lag: Duration,
+    /// Threads that serve requests and run the writers. With one, the default, everything runs on
+    /// a single thread: the Redis commands of requests that arrive together go out in one write,
+    /// and no thread has to wake another. Where the gateway shares its cores with Redis and
+    /// PostgreSQL, one thread costs the least CPU per redeem; raise it on a host with cores to
+    /// spare for the gateway alone.
+    #[arg(long, env = "VG_WORKER_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub worker_threads: u16,
     #[command(flatten)]
     pub database: DatabaseConfig,
     #[command(flatten)]

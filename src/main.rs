@@ -10,11 +10,24 @@ use voucher_gateway::{
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.log_format);
-    let result = match cli.command {
+    let threads = match &cli.command {
+        Command::Serve(config) => config.worker_threads,
+        Command::Migrate(_) | Command::Reconcile(_) => 1,
+    };
+    match app::runtime(threads) {
+        Ok(runtime) => runtime.block_on(run(cli.command)),
+        Err(error) => {
+            tracing::error!("cannot start the async runtime: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> ExitCode {
+    let result = match command {
         Command::Reconcile(config) => return reconcile(&config).await,
         Command::Serve(config) => serve(config).await,
         Command::Migrate(config) => app::prepare_database(&config, true)

@@ -418,7 +418,9 @@ async fn two_gateways_one_killed_the_survivor_claims_its_pending_entries() {
         &[("VG_WRITER_FLUSH_INTERVAL", "3s")],
     )
     .await;
-    let survivor = GatewayProcess::start(&database_url(), &redis.url(), &[]).await;
+    // The survivor runs on several threads (the default is one), so that runtime serves load too.
+    let survivor =
+        GatewayProcess::start(&database_url(), &redis.url(), &[("VG_WORKER_THREADS", "2")]).await;
     let id = create_campaign(&survivor.url, LARGE).await;
     let load = Load::start(vec![doomed.url.clone(), survivor.url.clone()], id, CLIENTS);
     load.wait_acked(300).await;
