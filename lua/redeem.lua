@@ -5,13 +5,13 @@
 -- KEYS[3]  {vg:N}:outbox        stream: one entry per voucher taken
 -- ARGV[1]  campaign id          ARGV[2] userId          ARGV[3] idempotencyKey
 --
--- Returns {decision} or, for a new redemption, {1, seq}:
---   campaign state missing           -> 0 NOT_LOADED        (caller hydrates from PostgreSQL, retries)
---   users[userId] == key             -> 2 REDEEMED, replay  (the request that redeemed, again)
---   users[userId] exists, != key     -> 3 ALREADY_REDEEMED
---   remaining == 0                   -> 4 SOLD_OUT
---   otherwise                        -> 1 REDEEMED: remaining -= 1, users[userId] = key,
---                                       seq += 1, XADD outbox r = "campaign\nuser\nkey\nseq"
+-- Returns one integer, the voucher number of a new redemption or a code:
+--   campaign state missing           ->  0 NOT_LOADED        (caller hydrates from PostgreSQL, retries)
+--   users[userId] == key             -> -1 REDEEMED, replay  (the request that redeemed, again)
+--   users[userId] exists, != key     -> -2 ALREADY_REDEEMED
+--   remaining == 0                   -> -3 SOLD_OUT
+--   otherwise                        -> seq REDEEMED: remaining -= 1, seq += 1, users[userId] = key,
+--                                       XADD outbox r = "campaign\nuser\nkey\nseq"
 --
 -- Voucher numbers come from their own counter rather than from total - remaining: after Redis
 -- lost state, hydration restarts the counter above every number ever given, so a number is never
@@ -25,26 +25,29 @@
 -- (campaign, user, key) never changes once given: no per-key reply cache is needed. Everything is
 -- read and checked before anything is written.
 
-local remaining = redis.call('HGET', KEYS[1], 'remaining')
+-- Five commands for a new redemption, each a fixed cost inside a script: the counters are read
+-- and written together.
+local counters = redis.call('HMGET', KEYS[1], 'remaining', 'seq')
+local remaining = counters[1]
 if not remaining then
-    return {0}
+    return 0
 end
 
 local held = redis.call('HGET', KEYS[2], ARGV[2])
 if held then
     if held == ARGV[3] then
-        return {2}
+        return -1
     end
-    return {3}
+    return -2
 end
 
 remaining = tonumber(remaining)
 if remaining <= 0 then
-    return {4}
+    return -3
 end
 
-redis.call('HSET', KEYS[1], 'remaining', remaining - 1)
-local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+local seq = (tonumber(counters[2]) or 0) + 1
+redis.call('HSET', KEYS[1], 'remaining', remaining - 1, 'seq', seq)
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
 redis.call('XADD', KEYS[3], '*', 'r', ARGV[1] .. '\n' .. ARGV[2] .. '\n' .. ARGV[3] .. '\n' .. seq)
-return {1, seq}
+return seq

@@ -42,7 +42,7 @@ pub async fn redeem(
     user: &UserId,
     key: &IdempotencyKey,
 ) -> RedisResult<Decision> {
-    let reply: Vec<i64> = REDEEM
+    let reply: i64 = REDEEM
         .key(&keys.campaign)
         .key(&keys.users)
         .key(&keys.outbox)
@@ -51,13 +51,13 @@ pub async fn redeem(
         .arg(key.as_str())
         .invoke_async(con)
         .await?;
-    match reply[..] {
-        [0] => Ok(Decision::NotLoaded),
-        [1, seq] => Ok(Decision::Redeemed { seq }),
-        [2] => Ok(Decision::Replayed),
-        [3] => Ok(Decision::AlreadyRedeemed),
-        [4] => Ok(Decision::SoldOut),
-        _ => Err(super::unexpected_reply("redeem.lua", format!("{reply:?}"))),
+    match reply {
+        seq @ 1.. => Ok(Decision::Redeemed { seq }),
+        0 => Ok(Decision::NotLoaded),
+        -1 => Ok(Decision::Replayed),
+        -2 => Ok(Decision::AlreadyRedeemed),
+        -3 => Ok(Decision::SoldOut),
+        _ => Err(super::unexpected_reply("redeem.lua", reply.to_string())),
     }
 }
 
