@@ -38,8 +38,9 @@ pub async fn observe(mut request: Request, next: Next) -> Response {
         }
     };
     // At error level, so that no log filter drops the span and with it the id of the request's
-    // log lines.
-    let span = tracing::error_span!("request", id = id.to_str().unwrap_or_default());
+    // log lines. Recorded with Display: the id is visible ASCII, so Debug's escaping, char by
+    // char on every request, would change nothing.
+    let span = tracing::error_span!("request", id = %id.to_str().unwrap_or_default());
     let route = request
         .extensions()
         .get::<MatchedPath>()
