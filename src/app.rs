@@ -114,14 +114,15 @@ impl App {
                 redis_config.redis_pool_size
             );
         }
-        let writers = shards
-            .outboxes()
-            .flat_map(|outbox| (0..consumers).map(move |_| outbox.clone()))
-            .map(|outbox| {
+        let mut writers = Vec::new();
+        for outbox in shards.outboxes().filter(|_| consumers > 0) {
+            let first = Writer::new(pool.clone(), db.clone(), config.writer_settings());
+            for _ in 1..consumers {
                 let writer = Writer::new(pool.clone(), db.clone(), config.writer_settings());
-                (outbox, writer)
-            })
-            .collect();
+                writers.push((outbox.clone(), writer.taking_turns_with(&first)));
+            }
+            writers.push((outbox, first));
+        }
         let probe = Arc::new(Probe::new(
             manager.clone(),
             db.clone(),

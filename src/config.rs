@@ -160,8 +160,8 @@ pub struct WriterConfig {
     /// How long an outbox entry may stay pending with one writer before another claims it.
     #[arg(long, env = "VG_CLAIM_IDLE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub claim_idle_timeout: Duration,
-    /// Writer loops per shard: while one holds the campaign locks to commit, the others read,
-    /// insert and acknowledge.
+    /// Writer loops per shard. They take turns reading: while one collects a batch, the others
+    /// insert, commit and acknowledge theirs.
     #[arg(long, env = "VG_WRITER_CONSUMERS", default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=16))]
     pub writer_consumers: u16,
     /// Do not run outbox writers in this process (another process writes).

@@ -4,7 +4,7 @@
 //! them. Entries stay pending until committed, so a crash at any point loses nothing.
 
 use std::{
-    sync::Mutex,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -59,6 +59,11 @@ pub struct Writer {
     /// Where the next claim scan of the pending list starts: XAUTOCLAIM looks at a bounded
     /// number of entries per call, so each call continues where the last one stopped.
     claim_from: Mutex<String>,
+    /// Shared by the writers of one outbox in this process: one collects a batch while the
+    /// others store theirs. Reading at once, every writer woke on one of the first entries and
+    /// topped up at the same moment, so each flush interval's entries made one large batch and
+    /// several of a few entries, each paying for a transaction.
+    read_turn: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Writer {
@@ -76,7 +81,14 @@ impl Writer {
             settings,
             last_claim: Mutex::new(None),
             claim_from: Mutex::new("0-0".to_owned()),
+            read_turn: Arc::default(),
         }
+    }
+
+    /// This writer takes turns reading with `other` (a writer of the same outbox).
+    pub fn taking_turns_with(mut self, other: &Writer) -> Self {
+        self.read_turn = other.read_turn.clone();
+        self
     }
 
     /// Runs steps on one outbox until `cancel`; then commits the batch in hand and drains what
@@ -194,9 +206,10 @@ impl Writer {
         Ok(())
     }
 
-    /// Reads new entries for this consumer: waits up to `block` for the first, then up to
-    /// `flush_interval` for the batch to fill.
+    /// Reads new entries for this consumer, in its turn: waits up to `block` for the first,
+    /// then up to `flush_interval` for the batch to fill.
     pub async fn read(&self, outbox: &str) -> anyhow::Result<Entries> {
+        let _turn = self.read_turn.lock().await;
         let mut con = self.redis.get().await?;
         let batch = self.settings.batch_size;
         let options = StreamReadOptions::default()

@@ -101,6 +101,40 @@ async fn entries_of_a_consumer_killed_between_read_and_ack_are_claimed_and_store
     assert_eq!(consumers(&mut con).await, 1);
 }
 
+#[tokio::test]
+async fn writers_of_one_outbox_take_turns_so_one_flush_interval_makes_one_batch() {
+    let redis = RedisServer::start();
+    let config = private_redis_config(&redis, false);
+    let app = TestApp::spawn_with(config.clone()).await;
+    let id = app.create_campaign(100).await;
+    let stream = app.keys(id).outbox;
+    let pool =
+        voucher_gateway::redis::connect_pool(&redis.url(), 4, Duration::from_secs(1)).unwrap();
+    let mut settings = config.writer_settings();
+    settings.flush_interval = Duration::from_millis(500);
+    let first = Writer::new(pool.clone(), app.db.clone(), settings.clone());
+    let second = Writer::new(pool, app.db.clone(), settings).taking_turns_with(&first);
+    first.ensure_group(&stream).await.unwrap();
+    assert_eq!(app.redeem(id, "user-0", "k").await.outcome(), "REDEEMED");
+
+    // The first writer reads the entry and waits out the flush interval for more; entries that
+    // arrive meanwhile are its to top up with, while the second waits for its turn.
+    let (first_batch, second_batch) = tokio::join!(first.read(&stream), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for n in 1..5 {
+            let user = format!("user-{n}");
+            assert_eq!(app.redeem(id, user, "k").await.outcome(), "REDEEMED");
+        }
+        second.read(&stream).await
+    });
+    assert_eq!(
+        first_batch.unwrap().entries.len(),
+        5,
+        "one batch of all five"
+    );
+    assert!(second_batch.unwrap().entries.is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redeems_continue_while_postgres_is_down_and_everything_lands_once() {
     let (redis, postgres) = (RedisServer::start(), PgServer::start());
