@@ -8,7 +8,10 @@ use redis::{AsyncCommands, streams::StreamInfoConsumersReply};
 use reqwest::StatusCode;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
-use voucher_gateway::writer::Writer;
+use voucher_gateway::{
+    domain::CampaignId,
+    writer::{Writer, WriterSettings},
+};
 
 use crate::helpers::{
     PgServer, RedisServer, TestApp, private_redis_config, stored, test_config, wait_persisted,
@@ -45,87 +48,113 @@ async fn postgres_holds_exactly_the_redeemed_set_after_the_writer_drains() {
     app.stop().await.expect("a graceful stop");
 }
 
+/// A gateway without writers on a Redis of its own, with a campaign of 100, and what a test needs
+/// to run writers by hand on the campaign's outbox.
+struct Manual {
+    _redis: RedisServer,
+    app: TestApp,
+    id: CampaignId,
+    stream: String,
+    pool: deadpool_redis::Pool,
+    settings: WriterSettings,
+}
+
+impl Manual {
+    fn writer(&self, settings: WriterSettings) -> Writer {
+        Writer::new(self.pool.clone(), self.app.db.clone(), settings)
+    }
+
+    async fn start() -> Self {
+        let redis = RedisServer::start();
+        let config = private_redis_config(&redis, false);
+        let app = TestApp::spawn_with(config.clone()).await;
+        let id = app.create_campaign(100).await;
+        let stream = app.keys(id).outbox;
+        let pool =
+            voucher_gateway::redis::connect_pool(&redis.url(), 4, Duration::from_secs(1)).unwrap();
+        Self {
+            _redis: redis,
+            app,
+            id,
+            stream,
+            pool,
+            settings: config.writer_settings(),
+        }
+    }
+}
+
 #[tokio::test]
 async fn entries_of_a_consumer_killed_between_read_and_ack_are_claimed_and_stored_once() {
-    let redis = RedisServer::start();
-    let config = private_redis_config(&redis, false);
-    let app = TestApp::spawn_with(config.clone()).await;
-    let id = app.create_campaign(100).await;
+    let m = Manual::start().await;
+    let mut settings = m.settings.clone();
     for n in 0..40 {
         assert_eq!(
-            app.redeem(id, format!("user-{n}"), "k").await.outcome(),
+            m.app.redeem(m.id, format!("user-{n}"), "k").await.outcome(),
             "REDEEMED"
         );
     }
-    let stream = app.keys(id).outbox;
-    let pool =
-        voucher_gateway::redis::connect_pool(&redis.url(), 4, Duration::from_secs(1)).unwrap();
-    let mut settings = config.writer_settings();
     let claim_idle = Duration::from_millis(200);
     settings.claim_idle = claim_idle;
 
     // A consumer reads the entries, then dies before it stores or acknowledges them.
-    let doomed = Writer::new(pool.clone(), app.db.clone(), settings.clone());
-    doomed.ensure_group(&stream).await.unwrap();
-    assert_eq!(doomed.read(&stream).await.unwrap().entries.len(), 40);
+    let doomed = m.writer(settings.clone());
+    doomed.ensure_group(&m.stream).await.unwrap();
+    assert_eq!(doomed.read(&m.stream).await.unwrap().entries.len(), 40);
     drop(doomed);
-    let survivor = Writer::new(pool, app.db.clone(), settings);
+    let survivor = m.writer(settings);
     assert!(
-        survivor.read(&stream).await.unwrap().entries.is_empty(),
+        survivor.read(&m.stream).await.unwrap().entries.is_empty(),
         "nothing new to read: all pending"
     );
 
     let cancel = CancellationToken::new();
     let mut handled = 0;
     while handled < 40 {
-        handled += survivor.step(&stream, &cancel).await.unwrap();
+        handled += survivor.step(&m.stream, &cancel).await.unwrap();
     }
 
-    app.wait_persisted(id, 40).await;
-    let mut con = app.redis.clone();
-    let left: usize = con.xlen(&stream).await.unwrap();
+    m.app.wait_persisted(m.id, 40).await;
+    let mut con = m.app.redis.clone();
+    let left: usize = con.xlen(&m.stream).await.unwrap();
     assert_eq!(left, 0, "acknowledged entries are deleted");
     // Stepping again finds nothing: each entry was stored exactly once.
-    assert_eq!(survivor.step(&stream, &cancel).await.unwrap(), 0);
-    assert_eq!(stored(&app.db, id).await.len(), 40);
+    assert_eq!(survivor.step(&m.stream, &cancel).await.unwrap(), 0);
+    assert_eq!(stored(&m.app.db, m.id).await.len(), 40);
 
     // The dead consumer, holding nothing now, is removed once silent for ten claim timeouts.
     let consumers = async |con: &mut redis::aio::MultiplexedConnection| {
         let reply: StreamInfoConsumersReply =
-            con.xinfo_consumers(&stream, "writers").await.unwrap();
+            con.xinfo_consumers(&m.stream, "writers").await.unwrap();
         reply.consumers.len()
     };
     assert_eq!(consumers(&mut con).await, 2);
     tokio::time::sleep(claim_idle * 10).await;
-    survivor.claim(&stream).await.unwrap();
+    survivor.claim(&m.stream).await.unwrap();
     assert_eq!(consumers(&mut con).await, 1);
 }
 
 #[tokio::test]
 async fn writers_of_one_outbox_take_turns_so_one_flush_interval_makes_one_batch() {
-    let redis = RedisServer::start();
-    let config = private_redis_config(&redis, false);
-    let app = TestApp::spawn_with(config.clone()).await;
-    let id = app.create_campaign(100).await;
-    let stream = app.keys(id).outbox;
-    let pool =
-        voucher_gateway::redis::connect_pool(&redis.url(), 4, Duration::from_secs(1)).unwrap();
-    let mut settings = config.writer_settings();
+    let m = Manual::start().await;
+    let mut settings = m.settings.clone();
     settings.flush_interval = Duration::from_millis(500);
-    let first = Writer::new(pool.clone(), app.db.clone(), settings.clone());
-    let second = Writer::new(pool, app.db.clone(), settings).taking_turns_with(&first);
-    first.ensure_group(&stream).await.unwrap();
-    assert_eq!(app.redeem(id, "user-0", "k").await.outcome(), "REDEEMED");
+    let first = m.writer(settings.clone());
+    let second = m.writer(settings).taking_turns_with(&first);
+    first.ensure_group(&m.stream).await.unwrap();
+    assert_eq!(
+        m.app.redeem(m.id, "user-0", "k").await.outcome(),
+        "REDEEMED"
+    );
 
     // The first writer reads the entry and waits out the flush interval for more; entries that
     // arrive meanwhile are its to top up with, while the second waits for its turn.
-    let (first_batch, second_batch) = tokio::join!(first.read(&stream), async {
+    let (first_batch, second_batch) = tokio::join!(first.read(&m.stream), async {
         tokio::time::sleep(Duration::from_millis(100)).await;
         for n in 1..5 {
             let user = format!("user-{n}");
-            assert_eq!(app.redeem(id, user, "k").await.outcome(), "REDEEMED");
+            assert_eq!(m.app.redeem(m.id, user, "k").await.outcome(), "REDEEMED");
         }
-        second.read(&stream).await
+        second.read(&m.stream).await
     });
     assert_eq!(
         first_batch.unwrap().entries.len(),
