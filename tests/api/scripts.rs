@@ -8,7 +8,7 @@ use redis::{AsyncCommands, aio::MultiplexedConnection};
 use voucher_gateway::{
     domain::{CampaignId, IdempotencyKey, UserId},
     redis::{
-        keys::{CampaignKeys, Shards},
+        keys::{self, CampaignKeys, Shards},
         outbox,
         scripts::{self, Decision, Hydration},
     },
@@ -217,4 +217,58 @@ async fn a_random_sequence_matches_the_model() {
         expected_outbox,
         "seed {seed}"
     );
+}
+
+/// The ids of the next (up to) three entries a consumer of the writer group reads.
+async fn read_ids(con: &mut MultiplexedConnection, stream: &str, consumer: &str) -> Vec<String> {
+    let options = redis::streams::StreamReadOptions::default()
+        .group(keys::WRITER_GROUP, consumer)
+        .count(3);
+    let reply: redis::streams::StreamReadReply = con
+        .xread_options(&[stream], &[">"], &options)
+        .await
+        .unwrap();
+    reply.keys[0]
+        .ids
+        .iter()
+        .map(|entry| entry.id.clone())
+        .collect()
+}
+
+async fn stream_ids(con: &mut MultiplexedConnection, stream: &str) -> Vec<String> {
+    let reply: redis::streams::StreamRangeReply = con.xrange_all(stream).await.unwrap();
+    reply.ids.into_iter().map(|entry| entry.id).collect()
+}
+
+#[tokio::test]
+async fn acknowledged_entries_leave_the_outbox_in_any_order_and_no_other_does() {
+    let (_server, mut con) = connection().await;
+    let stream = keys::outbox(0);
+    let () = con
+        .xgroup_create_mkstream(&stream, keys::WRITER_GROUP, "0")
+        .await
+        .unwrap();
+    let mut all = Vec::new();
+    for n in 0..9 {
+        let id: String = con.xadd(&stream, "*", &[("r", n)]).await.unwrap();
+        all.push(id);
+    }
+    let first = read_ids(&mut con, &stream, "a").await;
+    let second = read_ids(&mut con, &stream, "b").await;
+    assert_eq!([&first[..], &second[..]].concat(), all[..6]);
+
+    // The newer batch commits first: only its entries go; the older one's stay pending.
+    assert_eq!(scripts::ack(&mut con, &stream, &second).await.unwrap(), 3);
+    let expected = [&all[..3], &all[6..]].concat();
+    assert_eq!(stream_ids(&mut con, &stream).await, expected);
+
+    // Then the older batch: the entries never read stay.
+    assert_eq!(scripts::ack(&mut con, &stream, &first).await.unwrap(), 3);
+    assert_eq!(stream_ids(&mut con, &stream).await, all[6..]);
+
+    // A batch acknowledged again (claimed and written twice) changes nothing.
+    assert_eq!(scripts::ack(&mut con, &stream, &first).await.unwrap(), 0);
+    let last = read_ids(&mut con, &stream, "a").await;
+    assert_eq!(scripts::ack(&mut con, &stream, &last).await.unwrap(), 3);
+    assert!(stream_ids(&mut con, &stream).await.is_empty());
 }
