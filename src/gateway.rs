@@ -153,7 +153,7 @@ impl Gateway {
             let decision = scripts::redeem(&mut con, &keys, id, user, key).await;
             histogram!(REDEEM_SCRIPT_DURATION).record(started.elapsed().as_secs_f64());
             match decision? {
-                Decision::NotLoaded => self.ensure_loaded(id).await?,
+                Decision::NotLoaded => self.load(id).await?,
                 Decision::Redeemed { seq } => {
                     self.record_answered(id, seq);
                     return Ok(Outcome::Redeemed { replayed: false });
@@ -187,7 +187,7 @@ impl Gateway {
                         remaining,
                     });
                 }
-                _ => self.ensure_loaded(id).await?,
+                _ => self.load(id).await?,
             }
         }
         Err(GatewayError::Unstable(id))
@@ -202,6 +202,12 @@ impl Gateway {
     fn highest_answered(&self, id: CampaignId) -> i64 {
         let answered = self.answered.lock().expect("never poisoned");
         answered.get(&id).copied().unwrap_or(0)
+    }
+
+    /// `ensure_loaded` on the heap: hydration's state is many times the size of a redeem's, and
+    /// inline it would make every request's future that large, moved into place on each request.
+    async fn load(&self, id: CampaignId) -> Result<(), GatewayError> {
+        Box::pin(self.ensure_loaded(id)).await
     }
 
     /// Hydrates a campaign once per process at a time; `NotFound` if PostgreSQL does not know it.
