@@ -119,6 +119,7 @@ fn hydration(code: i64) -> RedisResult<Hydration> {
 }
 
 /// Acknowledges and deletes committed outbox entries (`ack.lua`); returns how many were pending.
+/// `ids` in stream order, as read: the script trims up to the last one.
 pub async fn ack(con: &mut impl ConnectionLike, outbox: &str, ids: &[String]) -> RedisResult<u64> {
     let mut invocation = ACK.key(outbox);
     invocation.arg(WRITER_GROUP).arg(ids);
