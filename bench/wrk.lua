@@ -4,7 +4,8 @@
 --   create      every request creates a campaign
 --   nowhere     GET of an unknown path: the server's cheapest answer, the baseline
 -- Prints one line for scripts/bench:
---   "wrk-result <requests/s> <p50 ms> <p95 ms> <p99 ms> <socket errors> <non-2xx/3xx answers>".
+--   "wrk-result <requests/s> <p50 ms> <p95 ms> <p99 ms> <socket errors> <non-2xx/3xx answers>
+--    <requests>".
 local threads = {}
 
 function setup(thread)
@@ -35,8 +36,9 @@ end
 
 function done(summary, latency)
   local e = summary.errors
-  io.write(string.format("wrk-result %.0f %.2f %.2f %.2f %d %d\n",
+  io.write(string.format("wrk-result %.0f %.2f %.2f %.2f %d %d %d\n",
     summary.requests / (summary.duration / 1e6),
     latency:percentile(50) / 1000, latency:percentile(95) / 1000,
-    latency:percentile(99) / 1000, e.connect + e.read + e.write + e.timeout, e.status))
+    latency:percentile(99) / 1000, e.connect + e.read + e.write + e.timeout, e.status,
+    summary.requests))
 end

@@ -2,7 +2,14 @@
 //! Overload is refused at once (503 + Retry-After) rather than queued: under a flash sale a
 //! queue only turns into latency and then timeouts for everybody.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    convert::Infallible,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll, ready},
+    time::Duration,
+};
 
 use axum::{
     extract::{Request, State},
@@ -10,9 +17,14 @@ use axum::{
     middleware::Next,
     response::{IntoResponse, Response},
 };
+use pin_project_lite::pin_project;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use tokio::sync::Semaphore;
+use tokio::{
+    sync::{OwnedSemaphorePermit, Semaphore},
+    time::Timeout,
+};
+use tower::{Layer, Service};
 
 use super::error::ApiError;
 
@@ -50,7 +62,8 @@ pub async fn require_token(State(token): State<Token>, request: Request, next: N
     }
 }
 
-/// How many requests may be in flight at once, and how long each may take.
+/// How many requests may be in flight at once, and how long each may take: the layer of
+/// [`Limited`].
 #[derive(Clone)]
 pub struct Limits {
     permits: Arc<Semaphore>,
@@ -66,16 +79,77 @@ impl Limits {
     }
 }
 
-/// Middleware: refuses a request when the limit is reached, and answers 503 when one runs past
-/// the timeout. A redeem cut short may still have been decided; the client's retry with the same
-/// idempotency key gets the decision.
-pub async fn limit(State(limits): State<Limits>, request: Request, next: Next) -> Response {
-    let Ok(_permit) = limits.permits.try_acquire() else {
-        return ApiError::Overloaded.into_response();
-    };
-    match tokio::time::timeout(limits.timeout, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => ApiError::Timeout.into_response(),
+impl<S> Layer<S> for Limits {
+    type Service = Limited<S>;
+
+    fn layer(&self, inner: S) -> Limited<S> {
+        Limited {
+            inner,
+            limits: self.clone(),
+        }
+    }
+}
+
+/// Refuses a request when the limit is reached, and answers 503 when one runs past the timeout.
+/// A redeem cut short may still have been decided; the client's retry with the same idempotency
+/// key gets the decision. A hand-written service, as it wraps every campaign API request.
+#[derive(Clone)]
+pub struct Limited<S> {
+    inner: S,
+    limits: Limits,
+}
+
+impl<S> Service<Request> for Limited<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = LimitedFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        match self.limits.permits.clone().try_acquire_owned() {
+            Ok(permit) => LimitedFuture::Admitted {
+                inner: tokio::time::timeout(self.limits.timeout, self.inner.call(request)),
+                permit,
+            },
+            Err(_) => LimitedFuture::Refused,
+        }
+    }
+}
+
+pin_project! {
+    /// The response of a limited request; the permit is returned when it is dropped.
+    #[project = LimitedProjection]
+    pub enum LimitedFuture<F> {
+        Admitted {
+            #[pin]
+            inner: Timeout<F>,
+            permit: OwnedSemaphorePermit,
+        },
+        Refused,
+    }
+}
+
+impl<F> Future for LimitedFuture<F>
+where
+    F: Future<Output = Result<Response, Infallible>>,
+{
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let response = match self.project() {
+            LimitedProjection::Admitted { inner, .. } => match ready!(inner.poll(cx)) {
+                Ok(result) => return Poll::Ready(result),
+                Err(_) => ApiError::Timeout.into_response(),
+            },
+            LimitedProjection::Refused => ApiError::Overloaded.into_response(),
+        };
+        Poll::Ready(Ok(response))
     }
 }
 

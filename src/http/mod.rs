@@ -61,7 +61,7 @@ pub fn router(gateway: Arc<Gateway>, probe: Arc<Probe>, settings: &HttpSettings)
             "/campaigns/{id}/redeem",
             guarded(post(campaigns::redeem_voucher), api_token),
         )
-        .route_layer(middleware::from_fn_with_state(limits, guard::limit))
+        .route_layer(limits)
         .with_state(gateway);
     let ops = Router::new()
         .route("/health", get(ops::health))
@@ -79,7 +79,7 @@ pub fn router(gateway: Arc<Gateway>, probe: Arc<Probe>, settings: &HttpSettings)
         .method_not_allowed_fallback(async || ApiError::MethodNotAllowed)
         .layer(
             ServiceBuilder::new()
-                .layer(middleware::from_fn(observe::observe))
+                .layer(observe::ObserveLayer)
                 .layer(CatchPanicLayer::custom(panic_response))
                 .layer(DefaultBodyLimit::max(BODY_LIMIT)),
         )

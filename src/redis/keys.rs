@@ -33,12 +33,16 @@ impl Shards {
         (hash % u64::from(self.0)) as u16
     }
 
-    /// The keys of one campaign.
+    /// The keys of one campaign, built on every request: by concatenation, which costs a fraction
+    /// of `format!`.
     pub fn campaign(&self, id: CampaignId) -> CampaignKeys {
         let shard = self.of(id);
+        let tag = tag(shard);
+        let mut buffer = uuid::Uuid::encode_buffer();
+        let id = id.as_uuid().hyphenated().encode_lower(&mut buffer);
         CampaignKeys {
-            campaign: format!("{{vg:{shard}}}:c:{id}"),
-            users: format!("{{vg:{shard}}}:u:{id}"),
+            campaign: [&tag, ":c:", id].concat(),
+            users: [&tag, ":u:", id].concat(),
             outbox: outbox(shard),
         }
     }
@@ -51,7 +55,12 @@ impl Shards {
 
 /// The outbox stream of one shard.
 pub fn outbox(shard: u16) -> String {
-    format!("{{vg:{shard}}}:outbox")
+    tag(shard) + ":outbox"
+}
+
+/// The hash tag of a shard's keys, `{vg:N}`.
+fn tag(shard: u16) -> String {
+    ["{vg:", &shard.to_string(), "}"].concat()
 }
 
 /// The keys one campaign's scripts touch.

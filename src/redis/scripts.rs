@@ -42,11 +42,12 @@ pub async fn redeem(
     user: &UserId,
     key: &IdempotencyKey,
 ) -> RedisResult<Decision> {
+    let mut id = uuid::Uuid::encode_buffer();
     let reply: i64 = REDEEM
         .key(&keys.campaign)
         .key(&keys.users)
         .key(&keys.outbox)
-        .arg(campaign.to_string())
+        .arg(&*campaign.as_uuid().hyphenated().encode_lower(&mut id))
         .arg(user.as_str())
         .arg(key.as_str())
         .invoke_async(con)
