@@ -1,7 +1,7 @@
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
+use uuid::{Uuid, fmt::Hyphenated};
 
 use super::{DomainError, text};
 
@@ -23,6 +23,12 @@ impl CampaignId {
 
     pub fn as_uuid(&self) -> Uuid {
         self.0
+    }
+
+    /// The id as `Display` writes it, in the caller's buffer: for the keys and script arguments
+    /// built on every request, without an allocation.
+    pub fn encode<'b>(&self, buffer: &'b mut [u8; Hyphenated::LENGTH]) -> &'b str {
+        self.0.hyphenated().encode_lower(buffer)
     }
 }
 
@@ -209,5 +215,11 @@ mod tests {
         let id = CampaignId::parse("6F9619FF-8B86-D011-B42D-00C04FC964FF").unwrap();
         assert_eq!(id.to_string(), "6f9619ff-8b86-d011-b42d-00c04fc964ff");
         assert_eq!(CampaignId::parse("42"), Err(DomainError::NotUuid));
+    }
+
+    #[test]
+    fn an_encoded_id_reads_as_it_prints() {
+        let id = CampaignId::new_random();
+        assert_eq!(id.encode(&mut [0; Hyphenated::LENGTH]), id.to_string());
     }
 }

@@ -1,6 +1,8 @@
 //! Every Redis key name, built in one place. Each key carries its campaign's shard as a hash tag
 //! (`{vg:N}`), so a script's keys share one Redis Cluster slot with that shard's outbox stream.
 
+use uuid::fmt::Hyphenated;
+
 use crate::domain::CampaignId;
 
 /// The consumer group of the outbox writers.
@@ -38,8 +40,8 @@ impl Shards {
     pub fn campaign(&self, id: CampaignId) -> CampaignKeys {
         let shard = self.of(id);
         let tag = tag(shard);
-        let mut buffer = uuid::Uuid::encode_buffer();
-        let id = id.as_uuid().hyphenated().encode_lower(&mut buffer);
+        let mut buffer = [0; Hyphenated::LENGTH];
+        let id = id.encode(&mut buffer);
         CampaignKeys {
             campaign: [&tag, ":c:", id].concat(),
             users: [&tag, ":u:", id].concat(),

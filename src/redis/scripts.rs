@@ -4,6 +4,7 @@
 use std::{sync::LazyLock, time::Duration};
 
 use redis::{RedisResult, Script, aio::ConnectionLike};
+use uuid::fmt::Hyphenated;
 
 use super::keys::{CampaignKeys, WRITER_GROUP};
 use crate::domain::{CampaignId, IdempotencyKey, UserId};
@@ -42,12 +43,12 @@ pub async fn redeem(
     user: &UserId,
     key: &IdempotencyKey,
 ) -> RedisResult<Decision> {
-    let mut id = uuid::Uuid::encode_buffer();
+    let mut id = [0; Hyphenated::LENGTH];
     let reply: i64 = REDEEM
         .key(&keys.campaign)
         .key(&keys.users)
         .key(&keys.outbox)
-        .arg(&*campaign.as_uuid().hyphenated().encode_lower(&mut id))
+        .arg(campaign.encode(&mut id))
         .arg(user.as_str())
         .arg(key.as_str())
         .invoke_async(con)
