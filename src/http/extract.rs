@@ -40,28 +40,35 @@ where
             return Err(
                 match serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
                     Ok(_) => ApiError::InvalidBody("the body must be a JSON object".into()),
-                    Err(error) => {
-                        ApiError::MalformedJson(without_position(&error.to_string()).to_owned())
-                    }
+                    Err(error) => malformed(&error),
                 },
             );
         }
-        let deserializer = &mut serde_json::Deserializer::from_slice(&bytes);
-        serde_path_to_error::deserialize(deserializer)
-            .map(ApiJson)
-            .map_err(|error| {
-                let field = error.path().to_string();
-                let inner = error.into_inner();
-                let detail = without_position(&inner.to_string()).to_owned();
-                match inner.classify() {
-                    serde_json::error::Category::Data if field != "." => {
-                        ApiError::InvalidField { field, detail }
-                    }
-                    serde_json::error::Category::Data => ApiError::InvalidBody(detail),
-                    _ => ApiError::MalformedJson(detail),
+        let mut deserializer = serde_json::Deserializer::from_slice(&bytes);
+        let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+            // A body that is not one JSON value is malformed, whatever its first value lacks.
+            if let Err(syntax) = serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
+                return malformed(&syntax);
+            }
+            let field = error.path().to_string();
+            let inner = error.into_inner();
+            let detail = without_position(&inner.to_string()).to_owned();
+            match inner.classify() {
+                serde_json::error::Category::Data if field != "." => {
+                    ApiError::InvalidField { field, detail }
                 }
-            })
+                serde_json::error::Category::Data => ApiError::InvalidBody(detail),
+                _ => ApiError::MalformedJson(detail),
+            }
+        })?;
+        // Only white space may follow the value.
+        deserializer.end().map_err(|error| malformed(&error))?;
+        Ok(ApiJson(value))
     }
+}
+
+fn malformed(error: &serde_json::Error) -> ApiError {
+    ApiError::MalformedJson(without_position(&error.to_string()).to_owned())
 }
 
 fn is_json(content_type: Option<&header::HeaderValue>) -> bool {

@@ -99,6 +99,34 @@ fn cases() -> Vec<Case> {
                 None,
             )
         },
+        Case {
+            body: r#"{"userId": "u", "idempotencyKey": "k"} trailing"#.into(),
+            ..redeem(
+                "text after the JSON",
+                json!(null),
+                400,
+                "malformed_json",
+                None,
+            )
+        },
+        Case {
+            body: "{}{}".into(),
+            ..redeem("two objects", json!(null), 400, "malformed_json", None)
+        },
+        Case {
+            body: r#"{"userId": "u", "idempotencyKey": "k"} {"userId": "v"}"#.into(),
+            ..redeem(
+                "a second object after a valid one",
+                json!(null),
+                400,
+                "malformed_json",
+                None,
+            )
+        },
+        Case {
+            body: r#"{"userId": "u", "idempotencyKey": "k",}"#.into(),
+            ..redeem("trailing comma", json!(null), 400, "malformed_json", None)
+        },
         redeem("JSON array", json!(["u", "k"]), 422, "invalid_body", None),
         redeem(
             "missing userId",
@@ -260,6 +288,24 @@ fn cases() -> Vec<Case> {
             "invalid_field",
             Some("name"),
         ),
+        Case {
+            body: r#"{"name": "n", "total": 5} trailing"#.into(),
+            ..create(
+                "text after the JSON",
+                json!(null),
+                400,
+                "malformed_json",
+                None,
+            )
+        },
+        Case {
+            body: r#"{"name": "n", "total": 5}{}"#.into(),
+            ..create("two objects", json!(null), 400, "malformed_json", None)
+        },
+        Case {
+            body: r#"{"name": "n", "total": 5,}"#.into(),
+            ..create("trailing comma", json!(null), 400, "malformed_json", None)
+        },
         create(
             "name missing",
             json!({"total": 5}),
