@@ -1,10 +1,12 @@
 //! Building and running the service: connect, migrate, check the environment, bind, then serve
-//! HTTP and run one writer per outbox shard until shutdown, draining both in order.
+//! HTTP and run the outbox writers (`VG_WRITER_CONSUMERS` supervised loops per shard) until
+//! shutdown, draining both in order. Turns the configuration into each part's settings.
 
 use std::{
     future::Future,
     net::SocketAddr,
     sync::{Arc, OnceLock},
+    time::Duration,
 };
 
 use anyhow::{Context, bail};
@@ -16,13 +18,15 @@ use tokio::{
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
-    config::{DatabaseConfig, ServeConfig, redacted},
+    config::{DatabaseConfig, ServeConfig},
     gateway::Gateway,
     health::Probe,
-    http,
+    http::{self, HttpSettings},
     redis::{self as vg_redis, keys::Shards},
-    store, telemetry,
-    writer::Writer,
+    store,
+    supervise::{self, Liveness},
+    telemetry,
+    writer::{Writer, WriterSettings},
 };
 
 /// The async runtime: a single-threaded one for one thread, else one worker per thread.
@@ -41,9 +45,40 @@ pub struct App {
     listener: TcpListener,
     gateway: Arc<Gateway>,
     probe: Arc<Probe>,
-    /// One writer per loop: (outbox stream, its writer).
-    writers: Vec<(String, Writer)>,
+    /// Every writer loop, `VG_WRITER_CONSUMERS` per shard.
+    writers: Vec<Arc<Writer>>,
+    liveness: Arc<Liveness>,
     config: ServeConfig,
+}
+
+/// The HTTP layer's settings.
+pub fn http_settings(config: &ServeConfig) -> HttpSettings {
+    HttpSettings {
+        admin_token: config.admin_token.clone(),
+        api_token: config.api_token.clone(),
+        concurrency_limit: config.concurrency_limit as usize,
+        request_timeout: config.request_timeout,
+    }
+}
+
+/// The writers' settings.
+pub fn writer_settings(config: &ServeConfig) -> WriterSettings {
+    WriterSettings {
+        batch_size: config.writer.writer_batch_size.into(),
+        flush_interval: config.writer.writer_flush_interval,
+        claim_idle: config.writer.claim_idle_timeout,
+        // A blocked read must end well within the connection's reply timeout.
+        block: (config.redis.redis_timeout / 2).min(Duration::from_millis(500)),
+    }
+}
+
+/// The name the writers of this instance read under: `VG_INSTANCE_ID`, else the host name and
+/// the port this process listens on, stable across restarts on one host.
+fn instance_id(config: &ServeConfig, listening: SocketAddr) -> String {
+    config.instance_id.clone().unwrap_or_else(|| {
+        let host = gethostname::gethostname();
+        format!("{}:{}", host.to_string_lossy(), listening.port())
+    })
 }
 
 /// Connects to PostgreSQL, creating the database if needed, and migrates it (unless told not
@@ -54,13 +89,13 @@ pub async fn prepare_database(
 ) -> anyhow::Result<(sqlx::PgPool, Shards)> {
     let url = &config.database_url;
     if migrate {
-        store::create_database_if_missing(url)
+        store::create_database_if_missing(url.expose())
             .await
-            .with_context(|| format!("cannot create the database at {}", redacted(url)))?;
+            .with_context(|| format!("cannot create the database at {url}"))?;
     }
-    let db = store::connect(url, config.db_pool_size, config.db_timeout)
+    let db = store::connect(url.expose(), config.db_pool_size, config.db_timeout)
         .await
-        .with_context(|| format!("cannot connect to PostgreSQL at {}", redacted(url)))?;
+        .with_context(|| format!("cannot connect to PostgreSQL at {url}"))?;
     if migrate {
         store::migrate(&db).await.context("migrations failed")?;
     } else {
@@ -90,14 +125,16 @@ impl App {
         config.check()?;
         let (db, shards) = prepare_database(&config.database, !config.no_migrate).await?;
         let redis_config = &config.redis;
-        let mut manager =
-            vg_redis::connect_manager(&redis_config.redis_url, redis_config.redis_timeout).await?;
+        let redis_url = &redis_config.redis_url;
+        let mut manager = vg_redis::connect_manager(redis_url.expose(), redis_config.redis_timeout)
+            .await
+            .with_context(|| format!("cannot connect to Redis at {redis_url}"))?;
         vg_redis::check_no_eviction(&mut manager).await?;
         vg_redis::marker::check(&mut manager, &db)
             .await
             .context("cannot check the Redis data marker")?;
         let pool = vg_redis::connect_pool(
-            &redis_config.redis_url,
+            redis_url.expose(),
             redis_config.redis_pool_size,
             redis_config.redis_timeout,
         )?;
@@ -114,30 +151,39 @@ impl App {
                 redis_config.redis_pool_size
             );
         }
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let instance = instance_id(&config, listener.local_addr()?);
         let mut writers = Vec::new();
-        for outbox in shards.outboxes().filter(|_| consumers > 0) {
-            let first = Writer::new(pool.clone(), db.clone(), config.writer_settings());
-            for _ in 1..consumers {
-                let writer = Writer::new(pool.clone(), db.clone(), config.writer_settings());
-                writers.push((outbox.clone(), writer.taking_turns_with(&first)));
+        for shard in shards.all().filter(|_| consumers > 0) {
+            let writer = |n: u16| {
+                let consumer = format!("{instance}/{n}");
+                let settings = writer_settings(&config);
+                Writer::new(pool.clone(), db.clone(), shard.clone(), consumer, settings)
+            };
+            let first = writer(0);
+            for n in 1..consumers {
+                writers.push(Arc::new(writer(n).taking_turns_with(&first)));
             }
-            writers.push((outbox, first));
+            writers.push(Arc::new(first));
         }
+        let liveness = Liveness::new(shards.count());
         let probe = Arc::new(Probe::new(
             manager.clone(),
             db.clone(),
             shards,
             config.ready_max_outbox_lag,
+            (consumers > 0).then(|| liveness.clone()),
         ));
-        let gateway = Arc::new(Gateway::new(manager, pool, db, shards, config.absent_ttl));
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let gateway = Arc::new(Gateway::new(manager, db, shards, config.absent_ttl));
+        tracing::info!(%instance, "writers read as this instance");
         Ok(Self {
             listener,
             gateway,
             probe,
             writers,
+            liveness,
             config,
         })
     }
@@ -157,9 +203,18 @@ impl App {
         let cancel = CancellationToken::new();
         let tasks = TaskTracker::new();
         let address = self.local_addr();
-        for (outbox, writer) in self.writers {
-            let cancel = cancel.clone();
-            tasks.spawn(async move { writer.run(outbox, cancel).await });
+        for writer in self.writers {
+            let shard = writer.shard();
+            let (liveness, stop) = (self.liveness.clone(), cancel.clone());
+            let name = format!("writer of shard {shard}");
+            supervise::supervise(&tasks, "writer", name, cancel.clone(), move || {
+                let (writer, stop) = (writer.clone(), stop.clone());
+                let alive = liveness.enter(shard);
+                async move {
+                    let _alive = alive;
+                    writer.run(stop).await;
+                }
+            });
         }
         let metrics = telemetry::metrics::handle();
         let upkeep = tokio::spawn(async move {
@@ -172,7 +227,7 @@ impl App {
         tasks.close();
         tracing::info!(%address, shards = self.gateway.shards().count(), "serving");
 
-        let router = http::router(self.gateway, self.probe, &self.config.http_settings());
+        let router = http::router(self.gateway, self.probe, &http_settings(&self.config));
         // One deadline from the signal for both: requests in flight, then the writers.
         let timeout = self.config.shutdown_timeout;
         let stopping = CancellationToken::new();

@@ -1,10 +1,11 @@
-//! Every setting, each a command-line flag with a matching environment variable.
+//! Every setting, each a command-line flag with a matching environment variable. A leaf: it
+//! imports nothing of the crate; `app` turns these settings into each part's own.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{fmt, net::SocketAddr, str::FromStr, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-
-use crate::{domain::CampaignId, http::HttpSettings, writer::WriterSettings};
+use secrecy::{ExposeSecret, SecretString};
+use uuid::Uuid;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -40,8 +41,8 @@ pub enum Command {
 #[derive(Debug, Clone, Parser)]
 pub struct ReconcileConfig {
     /// A campaign to check (repeatable); all campaigns when omitted.
-    #[arg(long = "campaign", value_name = "ID", value_parser = parse_campaign_id)]
-    pub campaigns: Vec<CampaignId>,
+    #[arg(long = "campaign", value_name = "ID")]
+    pub campaigns: Vec<Uuid>,
     /// Make Redis and PostgreSQL agree: PostgreSQL wins where it holds a redemption; what only
     /// Redis holds is written through the outbox writer's transaction. Safe under live traffic.
     #[arg(long)]
@@ -61,15 +62,17 @@ pub enum ReportFormat {
     Json,
 }
 
-fn parse_campaign_id(value: &str) -> Result<CampaignId, String> {
-    CampaignId::parse(value).map_err(|error| error.to_string())
-}
-
 #[derive(Debug, Clone, Parser)]
 pub struct ServeConfig {
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, env = "VG_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    /// This instance's name among the gateways sharing one Redis: its writers' consumer names
+    /// derive from it, so that a restarted instance stores at once what it held when it stopped.
+    /// Must be stable across restarts and unique among live gateways. Default: the host name and
+    /// the listen port (`host:8080`).
+    #[arg(long, env = "VG_INSTANCE_ID", value_parser = instance_id)]
+    pub instance_id: Option<String>,
     /// Do not apply pending migrations at start.
     #[arg(long, env = "VG_NO_MIGRATE")]
     pub no_migrate: bool,
@@ -83,11 +86,11 @@ pub struct ServeConfig {
     /// Bearer token that `POST /campaigns` requires. Unset (or empty), anyone can create
     /// campaigns, and `serve` says so loudly at start. Prefer the variable to the flag: flags
     /// show in process lists.
-    #[arg(long, env = "VG_ADMIN_TOKEN", hide_env_values = true)]
-    pub admin_token: Option<String>,
+    #[arg(long, env = "VG_ADMIN_TOKEN", hide_env_values = true, value_parser = secret)]
+    pub admin_token: Option<SecretString>,
     /// Bearer token that redeems require, when set.
-    #[arg(long, env = "VG_API_TOKEN", hide_env_values = true)]
-    pub api_token: Option<String>,
+    #[arg(long, env = "VG_API_TOKEN", hide_env_values = true, value_parser = secret)]
+    pub api_token: Option<SecretString>,
     /// Campaign API requests in flight at once; beyond it requests are refused at once with
     /// 503 and Retry-After instead of queueing.
     #[arg(long, env = "VG_CONCURRENCY_LIMIT", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
@@ -120,9 +123,10 @@ pub struct DatabaseConfig {
     #[arg(
         long,
         env = "DATABASE_URL",
+        hide_env_values = true,
         default_value = "postgres://postgres@127.0.0.1:5432/voucher_gateway"
     )]
-    pub database_url: String,
+    pub database_url: SecretUrl,
     /// Most PostgreSQL connections per process.
     #[arg(long, env = "VG_DB_POOL_SIZE", default_value_t = 16)]
     pub db_pool_size: u32,
@@ -138,8 +142,13 @@ pub struct DatabaseConfig {
 #[derive(Debug, Clone, Args)]
 pub struct RedisConfig {
     /// Redis URL (redis:// or rediss://).
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
-    pub redis_url: String,
+    #[arg(
+        long,
+        env = "REDIS_URL",
+        hide_env_values = true,
+        default_value = "redis://127.0.0.1:6379"
+    )]
+    pub redis_url: SecretUrl,
     /// Connections in the pool for the writers and hydration (the redeem path shares one
     /// multiplexed connection). Needs one per writer loop (shards x consumers) plus headroom.
     #[arg(long, env = "VG_REDIS_POOL_SIZE", default_value_t = 64)]
@@ -157,8 +166,10 @@ pub struct WriterConfig {
     /// How long a partial batch waits for more entries before it is written.
     #[arg(long, env = "VG_WRITER_FLUSH_INTERVAL", default_value = "50ms", value_parser = humantime::parse_duration)]
     pub writer_flush_interval: Duration,
-    /// How long an outbox entry may stay pending with one writer before another claims it.
-    #[arg(long, env = "VG_CLAIM_IDLE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    /// How long an outbox entry may stay pending, untouched, with a writer before another
+    /// claims it: how soon the entries of a gateway that stopped for good are stored by another.
+    /// A live writer touches the entries it is storing, however long PostgreSQL takes.
+    #[arg(long, env = "VG_CLAIM_IDLE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub claim_idle_timeout: Duration,
     /// Writer loops per shard. They take turns reading: while one collects a batch, the others
     /// insert, commit and acknowledge theirs.
@@ -180,37 +191,92 @@ impl ServeConfig {
                 self.shutdown_timeout
             );
         }
+        let writer = &self.writer;
+        if writer.writer_flush_interval * 2 > writer.claim_idle_timeout {
+            anyhow::bail!(
+                "VG_WRITER_FLUSH_INTERVAL ({:?}) must be at most half of VG_CLAIM_IDLE_TIMEOUT \
+                 ({:?}): a batch filling up would be claimed by another writer",
+                writer.writer_flush_interval,
+                writer.claim_idle_timeout
+            );
+        }
         Ok(())
     }
+}
 
-    pub fn http_settings(&self) -> HttpSettings {
-        HttpSettings {
-            admin_token: self.admin_token.clone(),
-            api_token: self.api_token.clone(),
-            concurrency_limit: self.concurrency_limit as usize,
-            request_timeout: self.request_timeout,
-        }
+/// 1 to 100 visible ASCII characters: it names Redis consumers and appears in logs.
+fn instance_id(value: &str) -> Result<String, String> {
+    if (1..=100).contains(&value.len()) && value.bytes().all(|byte| byte.is_ascii_graphic()) {
+        Ok(value.to_owned())
+    } else {
+        Err("must be 1 to 100 visible ASCII characters".into())
     }
+}
 
-    pub fn writer_settings(&self) -> WriterSettings {
-        WriterSettings {
-            batch_size: self.writer.writer_batch_size.into(),
-            flush_interval: self.writer.writer_flush_interval,
-            claim_idle: self.writer.claim_idle_timeout,
-            // A blocked read must end well within the connection's reply timeout.
-            block: (self.redis.redis_timeout / 2).min(Duration::from_millis(500)),
+fn secret(value: &str) -> Result<SecretString, std::convert::Infallible> {
+    Ok(value.into())
+}
+
+/// A URL that may carry a password: printed (`Display`, `Debug`) with the password masked, so
+/// that no log line or error message can show it; `expose` gives the URL to connect with.
+#[derive(Clone)]
+pub struct SecretUrl(SecretString);
+
+impl SecretUrl {
+    pub fn expose(&self) -> &str {
+        self.0.expose_secret()
+    }
+}
+
+impl From<String> for SecretUrl {
+    fn from(value: String) -> Self {
+        Self(value.into())
+    }
+}
+
+impl FromStr for SecretUrl {
+    type Err = std::convert::Infallible;
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        Ok(Self(value.into()))
+    }
+}
+
+impl fmt::Display for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match url::Url::parse(self.expose()) {
+            Ok(mut parsed) => {
+                if parsed.password().is_some() {
+                    let _ = parsed.set_password(Some("***"));
+                }
+                // libpq and sqlx also take the password as a query parameter.
+                if parsed.query_pairs().any(|(name, _)| name == "password") {
+                    let masked: Vec<(String, String)> = parsed
+                        .query_pairs()
+                        .map(|(name, value)| {
+                            let value = if name == "password" {
+                                "***".into()
+                            } else {
+                                value
+                            };
+                            (name.into_owned(), value.into_owned())
+                        })
+                        .collect();
+                    parsed.query_pairs_mut().clear().extend_pairs(masked);
+                }
+                parsed.fmt(f)
+            }
+            // Unparsable, it may hold anything: show only the scheme.
+            Err(_) => match self.expose().split_once("://") {
+                Some((scheme, _)) => write!(f, "{scheme}://***"),
+                None => f.write_str("***"),
+            },
         }
     }
 }
 
-/// The URL without its password, for log lines and error messages.
-pub fn redacted(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("***"));
-            parsed.to_string()
-        }
-        _ => url.to_owned(),
+impl fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "\"{self}\"")
     }
 }
 
@@ -220,11 +286,37 @@ mod tests {
 
     #[test]
     fn passwords_are_redacted() {
+        let shown = |url: &str| SecretUrl::from_str(url).unwrap().to_string();
+        assert_eq!(shown("redis://:secret@host:6379"), "redis://:***@host:6379");
+        assert_eq!(shown("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(shown("postgres://u:secret@h:notaport/db"), "postgres://***");
         assert_eq!(
-            redacted("redis://:secret@host:6379"),
-            "redis://:***@host:6379"
+            shown("postgres://u@h/db?password=secret&sslmode=require"),
+            "postgres://u@h/db?password=***&sslmode=require"
         );
-        assert_eq!(redacted("postgres://u@h/db"), "postgres://u@h/db");
+    }
+
+    #[test]
+    fn no_secret_reaches_a_debug_print() {
+        let config = ServeConfig::try_parse_from([
+            "serve",
+            "--admin-token",
+            "admin-s3cret",
+            "--api-token",
+            "api-s3cret",
+            "--database-url",
+            "postgres://u:pg-s3cret@h/db",
+            "--redis-url",
+            "redis://:redis-s3cret@h:6379",
+        ])
+        .unwrap();
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("s3cret"), "{printed}");
+        assert!(printed.contains("postgres://u:***@h/db"), "{printed}");
+        assert_eq!(
+            config.database.database_url.expose(),
+            "postgres://u:pg-s3cret@h/db"
+        );
     }
 
     #[test]
@@ -247,11 +339,33 @@ mod tests {
     }
 
     #[test]
+    fn a_flush_interval_must_leave_the_claim_timeout_room() {
+        let config = |flush: &str| {
+            ServeConfig::try_parse_from(["serve", "--writer-flush-interval", flush])
+                .unwrap()
+                .check()
+        };
+        assert!(config("2500ms").is_ok());
+        assert!(config("3s").is_err());
+    }
+
+    #[test]
+    fn an_instance_id_is_visible_ascii() {
+        let parse = |id: &str| ServeConfig::try_parse_from(["serve", "--instance-id", id]);
+        assert_eq!(
+            parse("host-1:8080").unwrap().instance_id.as_deref(),
+            Some("host-1:8080")
+        );
+        assert!(parse("").is_err());
+        assert!(parse("with space").is_err());
+    }
+
+    #[test]
     fn defaults_parse() {
         let config = ServeConfig::try_parse_from(["serve"]).unwrap();
         assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(
-            config.writer_settings().flush_interval,
+            config.writer.writer_flush_interval,
             Duration::from_millis(50)
         );
     }

@@ -1,8 +1,9 @@
 //! Readiness: whether this process can do its work now. Redis and PostgreSQL answer, every
-//! migration is applied, and the outbox writers keep up (the oldest unwritten entry is younger
-//! than a bound). The same outbox figures feed `/metrics`.
+//! migration is applied, every shard has a live writer loop here (when this process writes), and
+//! the outbox writers keep up (the oldest unwritten entry is younger than a bound). The same
+//! outbox figures feed `/metrics`.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use redis::aio::ConnectionManager;
 use serde::Serialize;
@@ -14,17 +15,21 @@ use crate::{
         scripts::{self, OutboxStats},
     },
     store,
+    supervise::Liveness,
 };
 
 /// Longest wait for any one check: a probe must answer even when a server hangs.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 const OK: &str = "ok";
+const OFF: &str = "off";
 
 pub struct Probe {
     redis: ConnectionManager,
     db: PgPool,
     shards: Shards,
     max_lag: Duration,
+    /// The writer loops of this process; `None` when it runs none.
+    writers: Option<Arc<Liveness>>,
 }
 
 /// The answer of `GET /ready`: each check is "ok" or says what is wrong.
@@ -40,6 +45,8 @@ pub struct Checks {
     pub redis: String,
     pub postgres: String,
     pub migrations: String,
+    /// "ok", "off" (this process runs no writers), or the shards without a live writer loop.
+    pub writers: String,
     pub outbox: String,
 }
 
@@ -50,12 +57,19 @@ impl Readiness {
 }
 
 impl Probe {
-    pub fn new(redis: ConnectionManager, db: PgPool, shards: Shards, max_lag: Duration) -> Self {
+    pub fn new(
+        redis: ConnectionManager,
+        db: PgPool,
+        shards: Shards,
+        max_lag: Duration,
+        writers: Option<Arc<Liveness>>,
+    ) -> Self {
         Self {
             redis,
             db,
             shards,
             max_lag,
+            writers,
         }
     }
 
@@ -81,23 +95,31 @@ impl Probe {
     pub async fn readiness(&self) -> Readiness {
         let (outbox, (postgres, migrations)) = tokio::join!(self.outbox_check(), self.db_checks());
         let (redis, outbox) = outbox;
+        let writers = self.writers_check();
+        let ready = [&redis, &postgres, &migrations, &outbox]
+            .iter()
+            .all(|check| *check == OK)
+            && (writers == OK || writers == OFF);
         let checks = Checks {
             redis,
             postgres,
             migrations,
+            writers,
             outbox,
         };
-        let ready = [
-            &checks.redis,
-            &checks.postgres,
-            &checks.migrations,
-            &checks.outbox,
-        ]
-        .iter()
-        .all(|check| *check == OK);
         Readiness {
             status: if ready { "ready" } else { "unavailable" },
             checks,
+        }
+    }
+
+    fn writers_check(&self) -> String {
+        let Some(liveness) = &self.writers else {
+            return OFF.to_owned();
+        };
+        match &liveness.without_writer()[..] {
+            [] => OK.to_owned(),
+            dead => format!("no live writer in this process for shards {dead:?}"),
         }
     }
 

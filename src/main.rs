@@ -67,8 +67,12 @@ async fn serve(config: voucher_gateway::config::ServeConfig) -> anyhow::Result<(
 
 /// Resolves on SIGINT or SIGTERM.
 async fn shutdown_signal() {
+    // A handler that cannot be installed must not count as the signal.
     let interrupt = async {
-        let _ = tokio::signal::ctrl_c().await;
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for SIGINT; only SIGTERM stops the server");
+            std::future::pending::<()>().await;
+        }
     };
     #[cfg(unix)]
     let terminate = async {
@@ -76,7 +80,10 @@ async fn shutdown_signal() {
             Ok(mut signal) => {
                 signal.recv().await;
             }
-            Err(_) => std::future::pending().await,
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM; only SIGINT stops the server");
+                std::future::pending().await
+            }
         }
     };
     #[cfg(not(unix))]

@@ -1,3 +1,5 @@
+use super::CampaignId;
+
 text_value! {
     /// The client's id of the person redeeming: 1 to 128 characters, kept exactly as sent.
     UserId, 128
@@ -13,6 +15,27 @@ impl IdempotencyKey {
     pub fn header_schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
         super::text::header_schema(Self::MAX_CHARS)
     }
+}
+
+/// A user who holds a voucher of a campaign, with the idempotency key of the request that took it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
+pub struct Holder {
+    pub user: UserId,
+    pub key: IdempotencyKey,
+}
+
+/// One redemption on its way to PostgreSQL, as the outbox stream carries it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEntry {
+    /// The stream entry's id (`<ms>-<n>`), for the acknowledgement.
+    pub id: String,
+    pub campaign: CampaignId,
+    pub holder: Holder,
+    /// The voucher number Redis gave. PostgreSQL's constraints, not this type, refuse a bad one:
+    /// an entry Redis did not write may hold anything.
+    pub seq: i32,
+    /// When Redis decided it: the entry id's milliseconds.
+    pub at: time::OffsetDateTime,
 }
 
 /// What a redeem decided. `Redeemed { replayed: true }` answers a retry of the request that took

@@ -53,7 +53,7 @@ fn text_schema(
 macro_rules! text_value {
     ($(#[$doc:meta])* $name:ident, $max:expr) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Deserialize)]
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize)]
         #[serde(try_from = "String")]
         pub struct $name(String);
 

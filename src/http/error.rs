@@ -152,21 +152,25 @@ impl IntoResponse for ApiError {
 
 impl From<GatewayError> for ApiError {
     fn from(error: GatewayError) -> Self {
-        match error.root() {
-            GatewayError::NotFound => ApiError::CampaignNotFound,
-            GatewayError::Redis(_) | GatewayError::RedisPool(_) | GatewayError::Unstable(_) => {
-                tracing::warn!(%error, "Redis unavailable");
-                ApiError::RedisUnavailable
-            }
-            GatewayError::Database(db) if is_unavailable(db) => {
-                tracing::warn!(%error, "PostgreSQL unavailable");
-                ApiError::DatabaseUnavailable
-            }
-            GatewayError::Database(_) | GatewayError::Shared(_) => {
-                tracing::error!(%error, "request failed");
-                ApiError::Internal
-            }
+        let api_error = answer_for(&error);
+        match &api_error {
+            ApiError::RedisUnavailable => tracing::warn!(%error, "Redis unavailable"),
+            ApiError::DatabaseUnavailable => tracing::warn!(%error, "PostgreSQL unavailable"),
+            ApiError::Internal => tracing::error!(%error, "request failed"),
+            _ => {}
         }
+        api_error
+    }
+}
+
+/// The answer for a gateway error, seen through any sharing.
+fn answer_for(error: &GatewayError) -> ApiError {
+    match error {
+        GatewayError::Shared(shared) => answer_for(shared),
+        GatewayError::NotFound => ApiError::CampaignNotFound,
+        GatewayError::Redis(_) | GatewayError::Unstable(_) => ApiError::RedisUnavailable,
+        GatewayError::Database(db) if is_unavailable(db) => ApiError::DatabaseUnavailable,
+        GatewayError::Database(_) => ApiError::Internal,
     }
 }
 

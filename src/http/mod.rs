@@ -18,6 +18,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{MethodRouter, get, post},
 };
+use secrecy::{ExposeSecret, SecretString};
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 
@@ -33,9 +34,9 @@ pub const BODY_LIMIT: usize = 16 * 1024;
 #[derive(Debug, Clone)]
 pub struct HttpSettings {
     /// Required as a bearer token by `POST /campaigns` when set.
-    pub admin_token: Option<String>,
+    pub admin_token: Option<SecretString>,
     /// Required as a bearer token by redeems when set.
-    pub api_token: Option<String>,
+    pub api_token: Option<SecretString>,
     /// Campaign API requests in flight at once; more are refused with 503.
     pub concurrency_limit: usize,
     /// Longest a campaign API request may take before it is answered 503.
@@ -44,13 +45,13 @@ pub struct HttpSettings {
 
 pub fn router(gateway: Arc<Gateway>, probe: Arc<Probe>, settings: &HttpSettings) -> Router {
     let limits = Limits::new(settings.concurrency_limit, settings.request_timeout);
-    let admin_token = Token::from_setting(settings.admin_token.as_deref());
+    let admin_token = Token::from_setting(exposed(&settings.admin_token));
     if admin_token.is_none() {
         tracing::warn!(
             "VG_ADMIN_TOKEN is not set: ANYONE who can reach this port can create campaigns"
         );
     }
-    let api_token = Token::from_setting(settings.api_token.as_deref());
+    let api_token = Token::from_setting(exposed(&settings.api_token));
     let api = Router::new()
         .route(
             "/campaigns",
@@ -83,6 +84,10 @@ pub fn router(gateway: Arc<Gateway>, probe: Arc<Probe>, settings: &HttpSettings)
                 .layer(CatchPanicLayer::custom(panic_response))
                 .layer(DefaultBodyLimit::max(BODY_LIMIT)),
         )
+}
+
+fn exposed(token: &Option<SecretString>) -> Option<&str> {
+    token.as_ref().map(|token| token.expose_secret())
 }
 
 /// The route with a bearer token required, when one is configured.

@@ -1,4 +1,5 @@
-//! Comparing one campaign's Redis state with PostgreSQL and its queued outbox entries.
+//! Comparing one campaign's Redis state with PostgreSQL and its queued outbox entries, one
+//! function per kind of difference.
 //!
 //! Reads run in an order that makes the comparison exact while redeems and writers keep running:
 //! Redis first, then the outbox, then PostgreSQL. A holder Redis has is either still queued when
@@ -13,10 +14,11 @@ use serde::Serialize;
 use sqlx::PgPool;
 
 use crate::{
-    domain::CampaignId,
+    domain::{CampaignId, Holder, IdempotencyKey, OutboxEntry},
     redis::{
         keys::{CampaignKeys, Shards},
         outbox,
+        state::{self, CampaignState},
     },
     store::{self, HOLDERS_CHUNK, reconcile as stored},
 };
@@ -29,7 +31,7 @@ pub struct CampaignReport {
     pub total: i32,
     pub postgres: PostgresState,
     /// `None` when Redis does not hold the campaign: it loads from PostgreSQL on first use.
-    pub redis: Option<RedisState>,
+    pub redis: Option<CampaignState>,
     /// Outbox entries not yet written: on their way, not a difference.
     pub queued: usize,
     /// Holders Redis granted that are neither in PostgreSQL nor queued.
@@ -56,32 +58,18 @@ pub struct PostgresState {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct RedisState {
-    pub total: i64,
-    pub remaining: i64,
-    pub holders: i64,
-    pub last_seq: i64,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Holder {
-    pub user: String,
-    pub key: String,
-}
-
-#[derive(Debug, Clone, Serialize)]
 pub struct MissingInRedis {
-    pub user: String,
-    /// The key PostgreSQL holds.
-    pub key: String,
+    /// The holder PostgreSQL has.
+    #[serde(flatten)]
+    pub holder: Holder,
     /// The key Redis holds instead, if any.
-    pub redis_key: Option<String>,
+    pub redis_key: Option<IdempotencyKey>,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct RejectedEntry {
-    pub user: String,
-    pub key: String,
+    #[serde(flatten)]
+    pub holder: Holder,
     pub seq: i32,
     pub reason: String,
     /// Redis still grants this key: a difference until repaired. Otherwise history.
@@ -138,6 +126,12 @@ pub struct Sides {
     pub shards: Shards,
 }
 
+/// What the queued outbox entries of a campaign say, for the comparisons that need them.
+struct Queued<'a> {
+    holders: HashSet<&'a Holder>,
+    seqs: Vec<i32>,
+}
+
 impl Sides {
     /// Compares one campaign; `None` if PostgreSQL does not know it.
     pub async fn compare(&self, id: CampaignId) -> anyhow::Result<Option<CampaignReport>> {
@@ -146,199 +140,188 @@ impl Sides {
         let Some(counts) = stored::stored_counts(&self.db, id).await? else {
             return Ok(None);
         };
-        let redis = redis_state(&mut con, &keys).await?;
-
-        // Holders only Redis has, so far; some are merely on their way.
-        let mut candidates = Vec::new();
-        let mut seen = HashSet::new();
-        if redis.is_some() {
-            let mut cursor = 0_u64;
-            loop {
-                let (next, chunk): (u64, Vec<(String, String)>) = redis::cmd("HSCAN")
-                    .arg(&keys.users)
-                    .arg(cursor)
-                    .arg("COUNT")
-                    .arg(HOLDERS_CHUNK)
-                    .query_async(&mut con)
-                    .await?;
-                let users: Vec<&str> = chunk.iter().map(|(user, _)| user.as_str()).collect();
-                let known = stored::holders_among(&self.db, id, &users).await?;
-                // HSCAN may return a field twice: each candidate is kept once.
-                candidates.extend(
-                    chunk
-                        .into_iter()
-                        .filter(|(user, _)| !known.contains(user) && seen.insert(user.clone()))
-                        .map(|(user, key)| Holder { user, key }),
-                );
-                cursor = next;
-                if cursor == 0 {
-                    break;
-                }
-            }
-        }
-
-        let queued = outbox::queued_entries(&mut con, &keys.outbox, id).await?;
-        let queued_holders: HashSet<(&str, &str)> = queued
-            .iter()
-            .map(|entry| (entry.user.as_str(), entry.key.as_str()))
-            .collect();
-        let rejected_rows = stored::rejected(&self.db, id).await?;
-        let refused: HashSet<(&str, &str)> = rejected_rows
-            .iter()
-            .map(|r| (r.user_id.as_str(), r.idempotency_key.as_str()))
-            .collect();
-        let mut lost_from_outbox = Vec::new();
-        for chunk in candidates.chunks(HOLDERS_CHUNK as usize) {
-            let users: Vec<&str> = chunk.iter().map(|h| h.user.as_str()).collect();
-            let stored_now = stored::holders_among(&self.db, id, &users).await?;
-            lost_from_outbox.extend(
-                chunk
-                    .iter()
-                    .filter(|holder| {
-                        let pair = (holder.user.as_str(), holder.key.as_str());
-                        !stored_now.contains(&holder.user)
-                            && !queued_holders.contains(&pair)
-                            && !refused.contains(&pair)
-                    })
-                    .cloned(),
-            );
-        }
-
-        let mut rejected = Vec::with_capacity(rejected_rows.len());
-        for chunk in rejected_rows.chunks(HOLDERS_CHUNK as usize) {
-            let users: Vec<&str> = chunk.iter().map(|r| r.user_id.as_str()).collect();
-            let held = redis_keys_of(&mut con, &keys, redis.is_some(), &users).await?;
-            // A refused pair granted again later and now stored or queued is a holder, not a
-            // refusal still open: repair must not take it away.
-            let stored_now = stored::holders_among(&self.db, id, &users).await?;
-            rejected.extend(chunk.iter().zip(held).map(|(row, held)| {
-                RejectedEntry {
-                    still_in_redis: held.as_deref() == Some(row.idempotency_key.as_str())
-                        && !stored_now.contains(&row.user_id)
-                        && !queued_holders
-                            .contains(&(row.user_id.as_str(), row.idempotency_key.as_str())),
-                    user: row.user_id.clone(),
-                    key: row.idempotency_key.clone(),
-                    seq: row.seq,
-                    reason: row.reason.clone(),
-                }
-            }));
-        }
-
-        let mut missing_in_redis = Vec::new();
-        if redis.is_some() {
-            let mut after: Option<String> = None;
-            loop {
-                let page = store::holders_after(&self.db, id, after.as_deref()).await?;
-                let Some((last, _)) = page.last() else { break };
-                after = Some(last.clone());
-                let users: Vec<&str> = page.iter().map(|(user, _)| user.as_str()).collect();
-                let held = redis_keys_of(&mut con, &keys, true, &users).await?;
-                missing_in_redis.extend(page.into_iter().zip(held).filter_map(
-                    |((user, key), redis_key)| {
-                        (redis_key.as_deref() != Some(key.as_str())).then_some(MissingInRedis {
-                            user,
-                            key,
-                            redis_key,
-                        })
-                    },
-                ));
-            }
-        }
-
+        let redis = state::campaign_state(&mut con, &keys).await?;
+        let redis_only = match redis {
+            Some(_) => self.redis_only_holders(id, &keys).await?,
+            None => Vec::new(),
+        };
+        let entries: Vec<OutboxEntry> =
+            outbox::queued_entries_of(&mut con, &keys.outbox, id).await?;
+        let queued = Queued {
+            holders: entries.iter().map(|entry| &entry.holder).collect(),
+            seqs: entries.iter().map(|entry| entry.seq).collect(),
+        };
+        let rejected = stored::rejected(&self.db, id).await?;
+        let lost_from_outbox = self
+            .lost_from_outbox(id, redis_only, &queued, &rejected)
+            .await?;
+        let rejected = self
+            .open_refusals(id, &keys, redis.is_some(), rejected, &queued)
+            .await?;
+        let missing_in_redis = match redis {
+            Some(_) => self.missing_in_redis(id, &keys).await?,
+            None => Vec::new(),
+        };
         // Numbers Redis had given when it was read, or PostgreSQL had seen before the outbox read.
         let last_seq = counts
             .last_seq
             .max(redis.as_ref().map_or(0, |r| r.last_seq));
-        let queued_seqs: Vec<i32> = queued.iter().map(|entry| entry.seq).collect();
         let lost_acks = LostAcks {
-            new: stored::unaccounted_seqs(&self.db, id, last_seq, &queued_seqs).await?,
+            new: stored::unaccounted_seqs(&self.db, id, last_seq, &queued.seqs).await?,
             recorded: counts.recorded_lost,
         };
-
-        let mut drift = Vec::new();
-        if i64::from(counts.redeemed) != counts.rows {
-            drift.push(Drift::RedeemedCounter {
-                counter: counts.redeemed,
-                rows: counts.rows,
-            });
-        }
-        if let Some(state) = &redis {
-            let expected = (state.total - state.holders).max(0);
-            if state.remaining != expected {
-                drift.push(Drift::RedisRemaining {
-                    remaining: state.remaining,
-                    expected,
-                });
-            }
-            if state.total != i64::from(counts.total) {
-                drift.push(Drift::RedisTotal {
-                    redis: state.total,
-                    postgres: counts.total,
-                });
-            }
-        }
-
         Ok(Some(CampaignReport {
             id,
-            name: counts.name,
+            name: counts.name.clone(),
             total: counts.total,
             postgres: PostgresState {
                 redeemed: counts.redeemed,
                 rows: counts.rows,
                 last_seq: counts.last_seq,
             },
+            drift: drift(&counts, redis.as_ref()),
             redis,
-            queued: queued.len(),
+            queued: entries.len(),
             lost_from_outbox,
             missing_in_redis,
             rejected,
             lost_acks,
-            drift,
             repaired: None,
         }))
     }
-}
 
-/// The campaign's counters and holder count, read in one transaction; `None` if not loaded.
-async fn redis_state(
-    con: &mut ConnectionManager,
-    keys: &CampaignKeys,
-) -> redis::RedisResult<Option<RedisState>> {
-    type Counters = (Option<i64>, Option<i64>, Option<i64>);
-    let ((total, remaining, last_seq), holders): (Counters, i64) = redis::pipe()
-        .atomic()
-        .cmd("HMGET")
-        .arg(&keys.campaign)
-        .arg(&["total", "remaining", "seq"])
-        .cmd("HLEN")
-        .arg(&keys.users)
-        .query_async(con)
-        .await?;
-    Ok(match (total, remaining) {
-        (Some(total), Some(remaining)) => Some(RedisState {
-            total,
-            remaining,
-            holders,
-            last_seq: last_seq.unwrap_or(0),
-        }),
-        _ => None,
-    })
-}
-
-/// The key Redis holds for each of `users` (all `None` when the campaign is not loaded).
-async fn redis_keys_of(
-    con: &mut ConnectionManager,
-    keys: &CampaignKeys,
-    loaded: bool,
-    users: &[&str],
-) -> redis::RedisResult<Vec<Option<String>>> {
-    if !loaded || users.is_empty() {
-        return Ok(vec![None; users.len()]);
+    /// Holders Redis has that PostgreSQL did not hold when they were read; some are merely on
+    /// their way.
+    async fn redis_only_holders(
+        &self,
+        id: CampaignId,
+        keys: &CampaignKeys,
+    ) -> anyhow::Result<Vec<Holder>> {
+        let mut con = self.redis.clone();
+        let (mut found, mut seen) = (Vec::new(), HashSet::new());
+        let mut cursor = 0;
+        loop {
+            let (next, chunk) =
+                state::scan_holders(&mut con, keys, cursor, HOLDERS_CHUNK as usize).await?;
+            let known = stored::holders_among(&self.db, id, chunk.iter().map(|h| &h.user)).await?;
+            // HSCAN may return a field twice: each holder is kept once.
+            found.extend(chunk.into_iter().filter(|holder| {
+                !known.contains(holder.user.as_str()) && seen.insert(holder.user.clone())
+            }));
+            cursor = next;
+            if cursor == 0 {
+                return Ok(found);
+            }
+        }
     }
-    redis::cmd("HMGET")
-        .arg(&keys.users)
-        .arg(users)
-        .query_async(con)
-        .await
+
+    /// Of the holders only Redis had, those that are still not in PostgreSQL, not queued, and
+    /// not refused.
+    async fn lost_from_outbox(
+        &self,
+        id: CampaignId,
+        redis_only: Vec<Holder>,
+        queued: &Queued<'_>,
+        rejected: &[stored::Rejected],
+    ) -> anyhow::Result<Vec<Holder>> {
+        let refused: HashSet<&Holder> = rejected.iter().map(|r| &r.holder).collect();
+        let mut lost = Vec::new();
+        for chunk in redis_only.chunks(HOLDERS_CHUNK as usize) {
+            let stored_now =
+                stored::holders_among(&self.db, id, chunk.iter().map(|h| &h.user)).await?;
+            lost.extend(
+                chunk
+                    .iter()
+                    .filter(|holder| {
+                        !stored_now.contains(holder.user.as_str())
+                            && !queued.holders.contains(holder)
+                            && !refused.contains(holder)
+                    })
+                    .cloned(),
+            );
+        }
+        Ok(lost)
+    }
+
+    /// The refused entries, each marked with whether Redis still grants it.
+    async fn open_refusals(
+        &self,
+        id: CampaignId,
+        keys: &CampaignKeys,
+        loaded: bool,
+        rejected: Vec<stored::Rejected>,
+        queued: &Queued<'_>,
+    ) -> anyhow::Result<Vec<RejectedEntry>> {
+        let mut con = self.redis.clone();
+        let mut entries = Vec::with_capacity(rejected.len());
+        for chunk in rejected.chunks(HOLDERS_CHUNK as usize) {
+            let users: Vec<_> = chunk.iter().map(|r| &r.holder.user).collect();
+            let held = if loaded {
+                state::keys_of(&mut con, keys, &users).await?
+            } else {
+                vec![None; users.len()]
+            };
+            // A refused pair granted again later and now stored or queued is a holder, not a
+            // refusal still open: repair must not take it away.
+            let stored_now = stored::holders_among(&self.db, id, users.into_iter()).await?;
+            entries.extend(chunk.iter().zip(held).map(|(row, held)| RejectedEntry {
+                still_in_redis: held.as_ref() == Some(&row.holder.key)
+                    && !stored_now.contains(row.holder.user.as_str())
+                    && !queued.holders.contains(&row.holder),
+                holder: row.holder.clone(),
+                seq: row.seq,
+                reason: row.reason.clone(),
+            }));
+        }
+        Ok(entries)
+    }
+
+    /// Holders PostgreSQL has that Redis lacks or holds under another key.
+    async fn missing_in_redis(
+        &self,
+        id: CampaignId,
+        keys: &CampaignKeys,
+    ) -> anyhow::Result<Vec<MissingInRedis>> {
+        let mut con = self.redis.clone();
+        let mut missing = Vec::new();
+        let mut pages = store::HolderPages::new(&self.db, id);
+        while let Some(page) = pages.next().await? {
+            let users: Vec<_> = page.iter().map(|holder| &holder.user).collect();
+            let held = state::keys_of(&mut con, keys, &users).await?;
+            missing.extend(
+                page.into_iter()
+                    .zip(held)
+                    .filter(|(holder, redis_key)| redis_key.as_ref() != Some(&holder.key))
+                    .map(|(holder, redis_key)| MissingInRedis { holder, redis_key }),
+            );
+        }
+        Ok(missing)
+    }
+}
+
+/// The counters that disagree with the holders they count.
+fn drift(counts: &stored::StoredCounts, redis: Option<&CampaignState>) -> Vec<Drift> {
+    let mut drift = Vec::new();
+    if i64::from(counts.redeemed) != counts.rows {
+        drift.push(Drift::RedeemedCounter {
+            counter: counts.redeemed,
+            rows: counts.rows,
+        });
+    }
+    if let Some(state) = redis {
+        let expected = (state.total - state.holders).max(0);
+        if state.remaining != expected {
+            drift.push(Drift::RedisRemaining {
+                remaining: state.remaining,
+                expected,
+            });
+        }
+        if state.total != i64::from(counts.total) {
+            drift.push(Drift::RedisTotal {
+                redis: state.total,
+                postgres: counts.total,
+            });
+        }
+    }
+    drift
 }

@@ -11,16 +11,17 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
-pub use compare::{CampaignReport, Drift, RejectedEntry};
-
 use crate::{
     app,
     config::{ReconcileConfig, ReportFormat},
     domain::CampaignId,
-    redis::{self as vg_redis, marker},
+    redis::{
+        self as vg_redis, marker,
+        outbox::{self, DeadLetter},
+    },
     store::{self, reconcile as stored},
 };
-use compare::Sides;
+use compare::{CampaignReport, Sides};
 
 /// Everything reconcile found (and repaired).
 #[derive(Debug, Serialize)]
@@ -33,11 +34,14 @@ pub struct Report {
     /// Campaigns named with `--campaign` that PostgreSQL does not know.
     pub unknown: Vec<CampaignId>,
     pub campaigns: Vec<CampaignReport>,
+    /// Outbox entries that could never be stored, of every shard: each needs a person to look at
+    /// it (and then delete it from the dead-letter stream).
+    pub dead_letters: Vec<DeadLetter>,
 }
 
 impl Report {
     pub fn is_in_sync(&self) -> bool {
-        self.in_sync == self.checked && self.unknown.is_empty()
+        self.in_sync == self.checked && self.unknown.is_empty() && self.dead_letters.is_empty()
     }
 
     /// The report in the requested format.
@@ -52,14 +56,21 @@ impl Report {
 /// Runs reconcile over the chosen campaigns (all by default).
 pub async fn run(config: &ReconcileConfig) -> anyhow::Result<Report> {
     let (db, shards) = app::prepare_database(&config.database, false).await?;
-    let redis =
-        vg_redis::connect_manager(&config.redis.redis_url, config.redis.redis_timeout).await?;
+    let url = &config.redis.redis_url;
+    let mut redis = vg_redis::connect_manager(url.expose(), config.redis.redis_timeout)
+        .await
+        .with_context(|| format!("cannot connect to Redis at {url}"))?;
+    let redis_data_lost_at = store::setting(&db, marker::LOST_SETTING).await?;
+    let mut dead_letters = Vec::new();
+    for shard in shards.all() {
+        dead_letters.extend(outbox::dead_letters(&mut redis, &shard).await?);
+    }
     let sides = Sides { redis, db, shards };
-    let redis_data_lost_at = store::setting(&sides.db, marker::LOST_SETTING).await?;
+    let campaigns: Vec<CampaignId> = config.campaigns.iter().map(|&id| id.into()).collect();
 
-    let named = !config.campaigns.is_empty();
+    let named = !campaigns.is_empty();
     let total = if named {
-        config.campaigns.len() as u64
+        campaigns.len() as u64
     } else {
         stored::count_campaigns(&sides.db).await? as u64
     };
@@ -71,6 +82,7 @@ pub async fn run(config: &ReconcileConfig) -> anyhow::Result<Report> {
         redis_data_lost_at,
         unknown: Vec::new(),
         campaigns: Vec::new(),
+        dead_letters,
     };
     let mut check = async |id: CampaignId| -> anyhow::Result<()> {
         let found = sides
@@ -100,7 +112,7 @@ pub async fn run(config: &ReconcileConfig) -> anyhow::Result<Report> {
         Ok(())
     };
     if named {
-        for id in &config.campaigns {
+        for id in &campaigns {
             check(*id).await?;
         }
     } else {

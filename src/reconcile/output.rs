@@ -1,10 +1,13 @@
 //! Rendering a reconcile report: a table for people, one JSON document for programs.
 
-use std::fmt::Write;
+use std::fmt::{Display, Write};
 
-use super::{CampaignReport, Drift, Report};
+use super::{
+    Report,
+    compare::{CampaignReport, Drift, RepairSummary},
+};
 
-/// How many holders of each kind the table names before it only counts.
+/// How many items of each kind the table names before it only counts.
 const EXAMPLES: usize = 5;
 
 pub fn json(report: &Report) -> String {
@@ -33,6 +36,21 @@ pub fn table(report: &Report) -> String {
     for id in &report.unknown {
         let _ = writeln!(out, "{id}  not found in PostgreSQL");
     }
+    if !report.dead_letters.is_empty() {
+        let letters = report.dead_letters.iter().map(|letter| {
+            format!(
+                "{} in shard {} ({})",
+                letter.entry_id, letter.shard, letter.reason
+            )
+        });
+        let _ = writeln!(
+            out,
+            "\ndead letters (outbox entries that can never be stored; delete each from its shard's \
+             {{vg:N}}:dead stream once dealt with): {}{}",
+            report.dead_letters.len(),
+            examples(letters)
+        );
+    }
     let differing = report.checked - report.in_sync;
     let _ = writeln!(
         out,
@@ -45,6 +63,7 @@ pub fn table(report: &Report) -> String {
     out
 }
 
+/// One campaign's line, then a line per kind of difference it has.
 fn row(out: &mut String, c: &CampaignReport) {
     let (holders, remaining) = match &c.redis {
         Some(redis) => (redis.holders.to_string(), redis.remaining.to_string()),
@@ -65,103 +84,93 @@ fn row(out: &mut String, c: &CampaignReport) {
         remaining,
         c.queued
     );
-    if c.redis.is_none() {
-        detail(
-            out,
-            "not loaded in Redis: it loads from PostgreSQL on first use",
-        );
-    }
-    if let Some(repaired) = &c.repaired {
-        detail(
-            out,
-            &format!(
-                "repaired: {} written to PostgreSQL ({} refused), {} set and {} removed in Redis, \
-                 counter recounted: {}, {} lost numbers recorded",
-                repaired.written_to_postgres,
-                repaired.refused_by_postgres,
-                repaired.set_in_redis,
-                repaired.removed_from_redis,
-                if repaired.redeemed_recounted {
-                    "yes"
-                } else {
-                    "no"
-                },
-                repaired.lost_recorded
-            ),
-        );
-    }
-    if !c.lost_from_outbox.is_empty() {
-        let names = examples(c.lost_from_outbox.iter().map(|h| &h.user));
-        detail(
-            out,
-            &format!(
-                "lost from the outbox (granted in Redis, not in PostgreSQL, not queued): {}{names}",
-                c.lost_from_outbox.len()
-            ),
-        );
-    }
-    if !c.missing_in_redis.is_empty() {
-        let names = examples(c.missing_in_redis.iter().map(|m| &m.user));
-        detail(
-            out,
-            &format!(
-                "missing in Redis (PostgreSQL holds them): {}{names}",
-                c.missing_in_redis.len()
-            ),
-        );
-    }
-    if !c.rejected.is_empty() {
-        let open = c.rejected.iter().filter(|r| r.still_in_redis).count();
-        let listed: Vec<String> = c
-            .rejected
-            .iter()
-            .take(EXAMPLES)
-            .map(|r| format!("{} ({}, voucher {})", r.user, r.reason, r.seq))
-            .collect();
-        let more = c.rejected.len().saturating_sub(EXAMPLES);
-        detail(
-            out,
-            &format!(
-                "refused by PostgreSQL (told REDEEMED, hold nothing): {}, {open} still granted in \
-                 Redis: {}{}",
-                c.rejected.len(),
-                listed.join(", "),
-                if more > 0 {
-                    format!(" and {more} more")
-                } else {
-                    String::new()
-                }
-            ),
-        );
-    }
-    if !c.lost_acks.new.is_empty() || c.lost_acks.recorded > 0 {
-        detail(
-            out,
-            &format!(
-                "acknowledged redemptions lost with Redis's data: {} newly found, {} recorded before",
-                c.lost_acks.new.len(),
-                c.lost_acks.recorded
-            ),
-        );
+    let details = [
+        c.redis
+            .is_none()
+            .then(|| "not loaded in Redis: it loads from PostgreSQL on first use".to_owned()),
+        c.repaired.as_ref().map(repaired),
+        listed(
+            "lost from the outbox (granted in Redis, not in PostgreSQL, not queued)",
+            c.lost_from_outbox.iter().map(|h| h.user.as_str()),
+        ),
+        listed(
+            "missing in Redis (PostgreSQL holds them)",
+            c.missing_in_redis.iter().map(|m| m.holder.user.as_str()),
+        ),
+        refused(c),
+        lost_acks(c),
+    ];
+    for line in details.into_iter().flatten() {
+        detail(out, &line);
     }
     for drift in &c.drift {
-        detail(
-            out,
-            &match drift {
-                Drift::RedeemedCounter { counter, rows } => {
-                    format!("counter drift: campaigns.redeemed is {counter}, rows are {rows}")
-                }
-                Drift::RedisRemaining {
-                    remaining,
-                    expected,
-                } => format!(
-                    "counter drift: Redis remaining is {remaining}, total - holders is {expected}"
-                ),
-                Drift::RedisTotal { redis, postgres } => {
-                    format!("total differs: Redis {redis}, PostgreSQL {postgres}")
-                }
-            },
-        );
+        detail(out, &drift_line(drift));
+    }
+}
+
+fn repaired(summary: &RepairSummary) -> String {
+    format!(
+        "repaired: {} written to PostgreSQL ({} refused), {} set and {} removed in Redis, \
+         counter recounted: {}, {} lost numbers recorded",
+        summary.written_to_postgres,
+        summary.refused_by_postgres,
+        summary.set_in_redis,
+        summary.removed_from_redis,
+        if summary.redeemed_recounted {
+            "yes"
+        } else {
+            "no"
+        },
+        summary.lost_recorded
+    )
+}
+
+/// "what: n: a, b and 3 more", or nothing when there are none.
+fn listed<T: Display>(what: &str, items: impl ExactSizeIterator<Item = T>) -> Option<String> {
+    (items.len() > 0).then(|| format!("{what}: {}{}", items.len(), examples(items)))
+}
+
+fn refused(c: &CampaignReport) -> Option<String> {
+    let open = c.rejected.iter().filter(|r| r.still_in_redis).count();
+    listed(
+        &format!(
+            "refused by PostgreSQL (told REDEEMED, hold nothing; {open} still granted in Redis)"
+        ),
+        c.rejected.iter().map(|r| {
+            format!(
+                "{} ({}, voucher {})",
+                r.holder.user.as_str(),
+                r.reason,
+                r.seq
+            )
+        }),
+    )
+}
+
+fn lost_acks(c: &CampaignReport) -> Option<String> {
+    (!c.lost_acks.new.is_empty() || c.lost_acks.recorded > 0).then(|| {
+        format!(
+            "acknowledged redemptions lost with Redis's data: {} newly found, {} recorded before",
+            c.lost_acks.new.len(),
+            c.lost_acks.recorded
+        )
+    })
+}
+
+fn drift_line(drift: &Drift) -> String {
+    match drift {
+        Drift::RedeemedCounter { counter, rows } => {
+            format!("counter drift: campaigns.redeemed is {counter}, rows are {rows}")
+        }
+        Drift::RedisRemaining {
+            remaining,
+            expected,
+        } => {
+            format!("counter drift: Redis remaining is {remaining}, total - holders is {expected}")
+        }
+        Drift::RedisTotal { redis, postgres } => {
+            format!("total differs: Redis {redis}, PostgreSQL {postgres}")
+        }
     }
 }
 
@@ -169,10 +178,10 @@ fn detail(out: &mut String, text: &str) {
     let _ = writeln!(out, "    {text}");
 }
 
-/// ": a, b, c and 7 more" for the first few names.
-fn examples<'a>(names: impl ExactSizeIterator<Item = &'a String>) -> String {
-    let count = names.len();
-    let shown: Vec<&str> = names.take(EXAMPLES).map(String::as_str).collect();
+/// ": a, b, c and 7 more" for the first few items.
+fn examples<T: Display>(items: impl ExactSizeIterator<Item = T>) -> String {
+    let count = items.len();
+    let shown: Vec<String> = items.take(EXAMPLES).map(|item| item.to_string()).collect();
     let more = count.saturating_sub(EXAMPLES);
     let tail = if more > 0 {
         format!(" and {more} more")

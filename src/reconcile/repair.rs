@@ -8,9 +8,9 @@ use time::OffsetDateTime;
 
 use super::compare::{CampaignReport, Drift, RepairSummary, Sides};
 use crate::{
-    domain::CampaignId,
+    domain::{CampaignId, OutboxEntry},
     redis::scripts::{self, RedisRepair},
-    store::{self, OutboxEntry, reconcile as stored},
+    store::{self, reconcile as stored},
 };
 
 impl Sides {
@@ -28,10 +28,10 @@ impl Sides {
         }
 
         if report.redis.is_some() {
-            let corrected: HashSet<&str> = report
+            let corrected: HashSet<_> = report
                 .missing_in_redis
                 .iter()
-                .map(|m| m.user.as_str())
+                .map(|m| &m.holder.user)
                 .collect();
             let repair = RedisRepair {
                 total: report.total,
@@ -39,14 +39,14 @@ impl Sides {
                 set: report
                     .missing_in_redis
                     .iter()
-                    .map(|m| (m.user.clone(), m.key.clone()))
+                    .map(|m| m.holder.clone())
                     .collect(),
                 // A refused user whose PostgreSQL row has another key is corrected by `set`.
                 remove: report
                     .rejected
                     .iter()
-                    .filter(|r| r.still_in_redis && !corrected.contains(r.user.as_str()))
-                    .map(|r| (r.user.clone(), r.key.clone()))
+                    .filter(|r| r.still_in_redis && !corrected.contains(&r.holder.user))
+                    .map(|r| r.holder.clone())
                     .collect(),
             };
             let keys = self.shards.campaign(id);
@@ -96,9 +96,8 @@ impl Sides {
             .map(|(holder, seq)| {
                 Ok(OutboxEntry {
                     id: String::new(),
-                    campaign: report.id.as_uuid(),
-                    user: holder.user.clone(),
-                    key: holder.key.clone(),
+                    campaign: report.id,
+                    holder: holder.clone(),
                     seq: i32::try_from(seq)?,
                     at: now,
                 })

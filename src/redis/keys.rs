@@ -53,11 +53,36 @@ impl Shards {
     pub fn outboxes(&self) -> impl Iterator<Item = String> {
         (0..self.0).map(outbox)
     }
+
+    /// Every shard's keys, in shard order.
+    pub fn all(&self) -> impl Iterator<Item = ShardKeys> {
+        (0..self.0).map(ShardKeys::of)
+    }
 }
 
 /// The outbox stream of one shard.
 pub fn outbox(shard: u16) -> String {
     tag(shard) + ":outbox"
+}
+
+/// The streams of one shard, which its writers work on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardKeys {
+    pub shard: u16,
+    /// stream: the redemptions on their way to PostgreSQL
+    pub outbox: String,
+    /// stream: the outbox entries that can never be stored, with why
+    pub dead_letters: String,
+}
+
+impl ShardKeys {
+    pub fn of(shard: u16) -> Self {
+        Self {
+            shard,
+            outbox: outbox(shard),
+            dead_letters: tag(shard) + ":dead",
+        }
+    }
 }
 
 /// The hash tag of a shard's keys, `{vg:N}`.
@@ -89,6 +114,9 @@ mod tests {
         assert_eq!(keys.campaign, format!("{tag}:c:{id}"));
         assert_eq!(keys.users, format!("{tag}:u:{id}"));
         assert_eq!(keys.outbox, format!("{tag}:outbox"));
+        let shard = ShardKeys::of(shards.of(id));
+        assert_eq!(shard.outbox, keys.outbox);
+        assert_eq!(shard.dead_letters, format!("{tag}:dead"));
     }
 
     #[test]

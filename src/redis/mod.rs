@@ -1,10 +1,12 @@
-//! Redis: the hot path's one multiplexed connection, the pool for work that blocks or holds a
-//! connection (the writer, hydration), the key layout and the scripts.
+//! Redis, and the only place that speaks to it: the hot path's one multiplexed connection, the
+//! pool for the writers' blocking reads, the key layout, the scripts, the outbox streams, and the
+//! reads of a campaign's state. Every command, key and hash field lives here.
 
 pub mod keys;
 pub mod marker;
 pub mod outbox;
 pub mod scripts;
+pub mod state;
 
 use std::time::Duration;
 
@@ -14,8 +16,9 @@ use redis::{
     aio::{ConnectionManager, ConnectionManagerConfig},
 };
 
-/// Opens the redeem path's connection: one multiplexed, auto-pipelined connection shared by every
-/// request, reconnecting by itself after a Redis restart. A pool here would halve throughput.
+/// Opens the shared connection: one multiplexed, auto-pipelined connection for every request and
+/// every short command, reconnecting by itself after a Redis restart. A pool on the redeem path
+/// would halve throughput. Errors never name the URL: it may hold a password.
 pub async fn connect_manager(url: &str, timeout: Duration) -> anyhow::Result<ConnectionManager> {
     let client = Client::open(url).context("invalid Redis URL")?;
     let config = ConnectionManagerConfig::new()
@@ -23,18 +26,11 @@ pub async fn connect_manager(url: &str, timeout: Duration) -> anyhow::Result<Con
         .set_response_timeout(Some(timeout))
         .set_number_of_retries(2)
         .set_max_delay(timeout);
-    client
-        .get_connection_manager_with_config(config)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot connect to Redis at {}",
-                crate::config::redacted(url)
-            )
-        })
+    Ok(client.get_connection_manager_with_config(config).await?)
 }
 
-/// Builds the pool for blocking reads and multi-step work. Connections open lazily.
+/// Builds the pool for the writers' blocking reads and their other commands. Connections open
+/// lazily.
 pub fn connect_pool(
     url: &str,
     size: usize,

@@ -6,8 +6,11 @@ use std::{sync::LazyLock, time::Duration};
 use redis::{RedisResult, Script, aio::ConnectionLike};
 use uuid::fmt::Hyphenated;
 
-use super::keys::{CampaignKeys, WRITER_GROUP};
-use crate::domain::{CampaignId, IdempotencyKey, UserId};
+use super::{
+    keys::{CampaignKeys, ShardKeys, WRITER_GROUP},
+    outbox::Malformed,
+};
+use crate::domain::{CampaignId, Holder, IdempotencyKey, UserId};
 
 static REDEEM: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("../../lua/redeem.lua")));
@@ -19,6 +22,8 @@ static RESERVE_SEQS: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("../../lua/reserve_seqs.lua")));
 static PRUNE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("../../lua/prune.lua")));
 static ACK: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("../../lua/ack.lua")));
+static DEAD_LETTER: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../../lua/dead_letter.lua")));
 static OUTBOX_STATS: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("../../lua/outbox_stats.lua")));
 
@@ -78,12 +83,14 @@ pub enum Hydration {
 pub async fn hydrate_users(
     con: &mut impl ConnectionLike,
     keys: &CampaignKeys,
-    holders: &[(String, String)],
+    holders: &[Holder],
 ) -> RedisResult<Hydration> {
     let mut invocation = HYDRATE.key(&keys.campaign);
     invocation.key(&keys.users).arg("users");
-    for (user, key) in holders {
-        invocation.arg(user).arg(key);
+    for holder in holders {
+        invocation
+            .arg(holder.user.as_str())
+            .arg(holder.key.as_str());
     }
     hydration(invocation.invoke_async(con).await?)
 }
@@ -122,9 +129,24 @@ fn hydration(code: i64) -> RedisResult<Hydration> {
 
 /// Acknowledges and deletes committed outbox entries (`ack.lua`); returns how many were pending.
 /// `ids` in stream order, as read: the script trims up to the last one.
-pub async fn ack(con: &mut impl ConnectionLike, outbox: &str, ids: &[String]) -> RedisResult<u64> {
+pub async fn ack(con: &mut impl ConnectionLike, outbox: &str, ids: &[&str]) -> RedisResult<u64> {
     let mut invocation = ACK.key(outbox);
     invocation.arg(WRITER_GROUP).arg(ids);
+    invocation.invoke_async(con).await
+}
+
+/// Moves entries that can never be stored to the shard's dead-letter stream, with why
+/// (`dead_letter.lua`); returns how many were still in the outbox.
+pub async fn dead_letter(
+    con: &mut impl ConnectionLike,
+    shard: &ShardKeys,
+    entries: &[Malformed],
+) -> RedisResult<u64> {
+    let mut invocation = DEAD_LETTER.key(&shard.outbox);
+    invocation.key(&shard.dead_letters).arg(WRITER_GROUP);
+    for entry in entries {
+        invocation.arg(&entry.id).arg(&entry.reason);
+    }
     invocation.invoke_async(con).await
 }
 
@@ -136,9 +158,9 @@ pub struct RedisRepair {
     /// The highest voucher number PostgreSQL knows given.
     pub last_seq: i64,
     /// Holders PostgreSQL has that Redis lacks or holds under another key.
-    pub set: Vec<(String, String)>,
+    pub set: Vec<Holder>,
     /// Holders PostgreSQL refused and holds nothing for.
-    pub remove: Vec<(String, String)>,
+    pub remove: Vec<Holder>,
 }
 
 /// Applies a repair atomically (`repair.lua`); returns the campaign's (remaining, holders)
@@ -154,8 +176,10 @@ pub async fn repair(
         .arg(repair.total)
         .arg(repair.last_seq)
         .arg(repair.set.len());
-    for (user, key) in repair.set.iter().chain(&repair.remove) {
-        invocation.arg(user).arg(key);
+    for holder in repair.set.iter().chain(&repair.remove) {
+        invocation
+            .arg(holder.user.as_str())
+            .arg(holder.key.as_str());
     }
     let reply: Vec<i64> = invocation.invoke_async(con).await?;
     match reply[..] {

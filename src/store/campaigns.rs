@@ -1,15 +1,14 @@
+//! The campaigns table, and a campaign's holders read page by page.
+
 use sqlx::{FromRow, PgPool};
-use uuid::Uuid;
 
-use crate::domain::{CampaignId, CampaignName, Total};
+use crate::domain::{CampaignId, CampaignName, Holder, Total};
 
-/// A campaign as PostgreSQL holds it.
+/// A campaign as hydration needs it from PostgreSQL.
 #[derive(Debug, Clone, PartialEq, Eq, FromRow)]
 pub struct CampaignRow {
-    pub id: Uuid,
     pub name: String,
     pub total: i32,
-    pub redeemed: i32,
     /// The highest voucher number PostgreSQL has seen, stored or refused.
     pub last_seq: i64,
 }
@@ -21,7 +20,7 @@ pub(super) const LAST_SEQ: &str = "greatest(
         0
     )::bigint";
 
-/// How many holders one hydration step reads and loads.
+/// How many holders one page holds, when reading or loading them.
 pub const HOLDERS_CHUNK: i64 = 1_000;
 
 pub async fn insert_campaign(
@@ -32,7 +31,7 @@ pub async fn insert_campaign(
 ) -> Result<CampaignRow, sqlx::Error> {
     sqlx::query_as(
         "insert into campaigns (id, name, total) values ($1, $2, $3)
-         returning id, name, total, redeemed, 0::bigint as last_seq",
+         returning name, total, 0::bigint as last_seq",
     )
     .bind(id.as_uuid())
     .bind(name.as_str())
@@ -46,28 +45,55 @@ pub async fn select_campaign(
     id: CampaignId,
 ) -> Result<Option<CampaignRow>, sqlx::Error> {
     sqlx::query_as(&format!(
-        "select id, name, total, redeemed, {LAST_SEQ} as last_seq from campaigns where id = $1"
+        "select name, total, {LAST_SEQ} as last_seq from campaigns where id = $1"
     ))
     .bind(id.as_uuid())
     .fetch_optional(pool)
     .await
 }
 
-/// One page of a campaign's holders (userId, idempotencyKey) in user order, after `after_user`;
-/// keyset paging on the primary key, so a million holders never load at once.
-pub async fn holders_after(
-    pool: &PgPool,
+/// A campaign's holders in PostgreSQL, page by page in user order: keyset paging on the primary
+/// key, so a million holders are never in memory at once.
+pub struct HolderPages<'a> {
+    db: &'a PgPool,
     id: CampaignId,
-    after_user: Option<&str>,
-) -> Result<Vec<(String, String)>, sqlx::Error> {
-    sqlx::query_as(
-        "select user_id, idempotency_key from redemptions
-         where campaign_id = $1 and ($2::text is null or user_id > $2)
-         order by user_id limit $3",
-    )
-    .bind(id.as_uuid())
-    .bind(after_user)
-    .bind(HOLDERS_CHUNK)
-    .fetch_all(pool)
-    .await
+    after: Option<String>,
+    done: bool,
+}
+
+impl<'a> HolderPages<'a> {
+    pub fn new(db: &'a PgPool, id: CampaignId) -> Self {
+        Self {
+            db,
+            id,
+            after: None,
+            done: false,
+        }
+    }
+
+    /// The next page of up to `HOLDERS_CHUNK` holders; `None` after the last.
+    pub async fn next(&mut self) -> Result<Option<Vec<Holder>>, sqlx::Error> {
+        if self.done {
+            return Ok(None);
+        }
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "select user_id, idempotency_key from redemptions
+             where campaign_id = $1 and ($2::text is null or user_id > $2)
+             order by user_id limit $3",
+        )
+        .bind(self.id.as_uuid())
+        .bind(self.after.as_deref())
+        .bind(HOLDERS_CHUNK)
+        .fetch_all(self.db)
+        .await?;
+        self.done = rows.len() < HOLDERS_CHUNK as usize;
+        let Some((last, _)) = rows.last() else {
+            return Ok(None);
+        };
+        self.after = Some(last.clone());
+        rows.iter()
+            .map(|(user, key)| super::holder(user, key))
+            .collect::<Result<_, _>>()
+            .map(Some)
+    }
 }

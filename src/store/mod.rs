@@ -1,5 +1,5 @@
 //! PostgreSQL, the system of record: connecting, migrating, and the typed queries of each table.
-//! Handlers and the writer call these functions; no SQL lives anywhere else.
+//! The gateway, the writer and reconcile call these functions; no SQL lives anywhere else.
 
 mod campaigns;
 pub mod reconcile;
@@ -13,8 +13,30 @@ use sqlx::{
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 
-pub use campaigns::{CampaignRow, HOLDERS_CHUNK, holders_after, insert_campaign, select_campaign};
-pub use redemptions::{BatchSummary, OutboxEntry, RejectReason, store_batch};
+pub use campaigns::{CampaignRow, HOLDERS_CHUNK, HolderPages, insert_campaign, select_campaign};
+pub use redemptions::{BatchSummary, RejectReason, store_batch};
+
+use crate::domain::{Holder, IdempotencyKey, UserId};
+
+/// Whether PostgreSQL refused for good what it was given, rather than failing for now: a data
+/// exception (class 22, such as a NUL byte in text) or an integrity constraint (class 23, such
+/// as a voucher number of 0). Such an error follows the entries, so retrying them is pointless.
+/// Everything else (a lost or refused connection, a timeout, a serialization failure or
+/// deadlock, too many connections, a server shutting down, and errors of the environment such as
+/// a missing table) may pass, and is retried.
+pub fn refuses_for_good(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db)
+        if db.code().is_some_and(|code| code.starts_with("22") || code.starts_with("23")))
+}
+
+/// A holder as stored; a row that breaks the domain's rules was written by someone else.
+fn holder(user: &str, key: &str) -> Result<Holder, sqlx::Error> {
+    let invalid = |error: crate::domain::DomainError| sqlx::Error::Decode(Box::new(error));
+    Ok(Holder {
+        user: UserId::parse(user).map_err(invalid)?,
+        key: IdempotencyKey::parse(key).map_err(invalid)?,
+    })
+}
 
 /// Connects a pool. `statement_timeout` bounds every query on the server side too.
 pub async fn connect(

@@ -7,7 +7,7 @@ use sqlx::{FromRow, PgPool};
 use uuid::Uuid;
 
 use super::campaigns::LAST_SEQ;
-use crate::domain::CampaignId;
+use crate::domain::{CampaignId, Holder, UserId};
 
 /// How many campaigns one page of the campaign list holds.
 const CAMPAIGN_PAGE: i64 = 500;
@@ -28,10 +28,9 @@ pub struct StoredCounts {
 }
 
 /// One entry PostgreSQL refused.
-#[derive(Debug, Clone, PartialEq, Eq, FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejected {
-    pub user_id: String,
-    pub idempotency_key: String,
+    pub holder: Holder,
     pub seq: i32,
     pub reason: String,
 }
@@ -73,12 +72,13 @@ pub async fn stored_counts(
     .await
 }
 
-/// Those of `users` who hold a voucher of the campaign in PostgreSQL.
-pub async fn holders_among(
+/// Those of `users` who hold a voucher of the campaign in PostgreSQL (their user ids).
+pub async fn holders_among<'a>(
     pool: &PgPool,
     id: CampaignId,
-    users: &[&str],
+    users: impl Iterator<Item = &'a UserId>,
 ) -> Result<HashSet<String>, sqlx::Error> {
+    let users: Vec<&str> = users.map(UserId::as_str).collect();
     let holders: Vec<String> = sqlx::query_scalar(
         "select user_id from redemptions where campaign_id = $1 and user_id = any($2)",
     )
@@ -91,13 +91,22 @@ pub async fn holders_among(
 
 /// Every refused entry of a campaign, in the order they were refused.
 pub async fn rejected(pool: &PgPool, id: CampaignId) -> Result<Vec<Rejected>, sqlx::Error> {
-    sqlx::query_as(
+    let rows: Vec<(String, String, i32, String)> = sqlx::query_as(
         "select user_id, idempotency_key, seq, reason from rejected_redemptions
          where campaign_id = $1 order by rejected_at, user_id",
     )
     .bind(id.as_uuid())
     .fetch_all(pool)
-    .await
+    .await?;
+    rows.into_iter()
+        .map(|(user, key, seq, reason)| {
+            Ok(Rejected {
+                holder: super::holder(&user, &key)?,
+                seq,
+                reason,
+            })
+        })
+        .collect()
 }
 
 /// Voucher numbers up to `last_seq` that no redemption, refusal, queued entry (`queued`) or

@@ -1,24 +1,15 @@
-//! Persisting a batch of outbox entries in one transaction. The common batch (all new, room left)
-//! is inserted first and confirmed under the campaign row locks; any other is classified entry by
-//! entry (insert, already stored, refused) under those locks before anything is written.
+//! Persisting a batch of outbox entries in one transaction. Every path inserts first and then
+//! locks the touched campaign rows in id order to confirm their room, so two writers can never
+//! wait for each other's locks the other way round (no deadlock), and inserts of different
+//! writers overlap. The common batch (all new, room left) goes in with one plain insert; any
+//! other is classified entry by entry (insert, already stored, refused) before it is written.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use sqlx::{PgPool, Row};
-use time::OffsetDateTime;
 use uuid::Uuid;
 
-/// One redemption as the outbox carries it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OutboxEntry {
-    /// The stream entry id, for the acknowledgement.
-    pub id: String,
-    pub campaign: Uuid,
-    pub user: String,
-    pub key: String,
-    pub seq: i32,
-    pub at: OffsetDateTime,
-}
+use crate::domain::OutboxEntry;
 
 /// Why PostgreSQL refused an entry Redis granted. Only possible after Redis lost or rolled back
 /// state; stored in `rejected_redemptions`.
@@ -45,16 +36,14 @@ impl RejectReason {
     }
 }
 
-/// What a committed batch did.
+/// What a committed batch did; the rest of its entries were stored already (redeliveries).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BatchSummary {
     pub inserted: u64,
-    /// Redeliveries of entries already stored: no-ops.
-    pub already_stored: u64,
     pub rejected: u64,
 }
 
-/// The fate of one entry, decided against the locked campaign rows and the stored holders.
+/// The fate of one entry, decided against the campaigns' room and the stored holders.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Verdict {
     Insert,
@@ -70,19 +59,24 @@ pub async fn store_batch(
     if let Some(summary) = store_all_new(pool, entries).await? {
         return Ok(summary);
     }
-    store_classified(pool, entries).await
+    // Another writer changed a campaign's room between the read and the lock: decide again.
+    // Room only shrinks as vouchers are stored, so this ends.
+    loop {
+        if let Some(summary) = store_classified(pool, entries).await? {
+            return Ok(summary);
+        }
+    }
 }
 
-/// The common case, with the campaign rows locked only for the last moment: every entry is new
-/// and every campaign has room. Inserts the batch with a plain insert (no speculative insertion,
-/// nothing returned), then locks the campaigns in id order and confirms their room under the
-/// lock, so two writers' inserts overlap and only their counter updates take turns. `None`, with
-/// nothing written, when any of that does not hold.
+/// The common case: every entry is new and every campaign has room. Inserts the batch with a
+/// plain insert (no speculative insertion, nothing returned), then locks the campaigns and
+/// confirms their room under the lock. `None`, with nothing written, when any of that does not
+/// hold.
 async fn store_all_new(
     pool: &PgPool,
     entries: &[OutboxEntry],
 ) -> Result<Option<BatchSummary>, sqlx::Error> {
-    let wanted = wanted(entries);
+    let wanted = per_campaign(entries.iter());
     let campaigns: Vec<Uuid> = wanted.keys().copied().collect();
     let mut tx = pool.begin().await?;
     if !fits(&wanted, &room(&mut tx, &campaigns, Lock::None).await?) {
@@ -97,24 +91,26 @@ async fn store_all_new(
     if !fits(&wanted, &room(&mut tx, &campaigns, Lock::ForUpdate).await?) {
         return Ok(None);
     }
-    add_redeemed(&mut tx, &all.iter().map(|e| e.campaign).collect::<Vec<_>>()).await?;
+    add_redeemed(&mut tx, &all.iter().map(|e| uuid(e)).collect::<Vec<_>>()).await?;
     tx.commit().await?;
     Ok(Some(BatchSummary {
         inserted: entries.len() as u64,
-        ..BatchSummary::default()
+        rejected: 0,
     }))
 }
 
-/// Every other case: the campaign rows locked first, each entry classified (insert, already
-/// stored, refused) against them and the stored holders, then written.
+/// Every other case: each entry classified (insert, already stored, refused) against the
+/// campaigns' room and the stored holders, the new ones inserted, then the campaigns locked and
+/// their room confirmed. `None`, with nothing written, when the room changed meanwhile in a way
+/// that changes a verdict.
 async fn store_classified(
     pool: &PgPool,
     entries: &[OutboxEntry],
-) -> Result<BatchSummary, sqlx::Error> {
-    let wanted = wanted(entries);
+) -> Result<Option<BatchSummary>, sqlx::Error> {
+    let wanted = per_campaign(entries.iter());
     let campaigns: Vec<Uuid> = wanted.keys().copied().collect();
     let mut tx = pool.begin().await?;
-    let capacity = room(&mut tx, &campaigns, Lock::ForUpdate).await?;
+    let capacity = room(&mut tx, &campaigns, Lock::None).await?;
     // Redeliveries and refusals are rare: when every campaign has room for all its entries, skip
     // looking up stored holders and let the insert's conflicts point at the few that need it.
     let stored = if fits(&wanted, &capacity) {
@@ -123,7 +119,7 @@ async fn store_classified(
         select_holders(&mut tx, entries.iter()).await?
     };
 
-    let mut verdicts = classify(entries, capacity, stored);
+    let mut verdicts = classify(entries, capacity.clone(), stored);
     let to_insert: Vec<&OutboxEntry> = entries
         .iter()
         .zip(&verdicts)
@@ -138,6 +134,19 @@ async fn store_classified(
         reclassify_missed(&mut tx, entries, &mut verdicts, &inserted).await?;
     }
     let counted: Vec<Uuid> = inserted.into_iter().map(|(campaign, _)| campaign).collect();
+
+    let locked = room(&mut tx, &campaigns, Lock::ForUpdate).await?;
+    let sold_out = per_campaign(
+        entries
+            .iter()
+            .zip(&verdicts)
+            .filter(|(_, v)| **v == Verdict::Reject(RejectReason::SoldOut))
+            .map(|(e, _)| e),
+    );
+    let grown = |campaign: &Uuid| locked.get(campaign) > capacity.get(campaign);
+    if !fits(&per_uuid(&counted), &locked) || sold_out.keys().any(grown) {
+        return Ok(None);
+    }
     add_redeemed(&mut tx, &counted).await?;
 
     let rejected: Vec<(&OutboxEntry, RejectReason)> = entries
@@ -155,9 +164,9 @@ async fn store_classified(
              select * from unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::timestamptz[], $6::text[])
              on conflict do nothing",
         )
-        .bind(rejected.iter().map(|(e, _)| e.campaign).collect::<Vec<_>>())
-        .bind(rejected.iter().map(|(e, _)| e.user.as_str()).collect::<Vec<_>>())
-        .bind(rejected.iter().map(|(e, _)| e.key.as_str()).collect::<Vec<_>>())
+        .bind(rejected.iter().map(|(e, _)| uuid(e)).collect::<Vec<_>>())
+        .bind(rejected.iter().map(|(e, _)| e.holder.user.as_str()).collect::<Vec<_>>())
+        .bind(rejected.iter().map(|(e, _)| e.holder.key.as_str()).collect::<Vec<_>>())
         .bind(rejected.iter().map(|(e, _)| e.seq).collect::<Vec<_>>())
         .bind(rejected.iter().map(|(e, _)| e.at).collect::<Vec<_>>())
         .bind(rejected.iter().map(|(_, r)| r.as_str()).collect::<Vec<_>>())
@@ -166,23 +175,28 @@ async fn store_classified(
     }
 
     tx.commit().await?;
-    Ok(BatchSummary {
+    Ok(Some(BatchSummary {
         inserted: counted.len() as u64,
-        already_stored: verdicts
-            .iter()
-            .filter(|v| **v == Verdict::AlreadyStored)
-            .count() as u64,
         rejected: rejected.len() as u64,
-    })
+    }))
 }
 
-/// How many entries each campaign of the batch has, in campaign id order.
-fn wanted(entries: &[OutboxEntry]) -> BTreeMap<Uuid, i32> {
-    let mut wanted = BTreeMap::new();
-    for entry in entries {
-        *wanted.entry(entry.campaign).or_default() += 1;
+fn uuid(entry: &OutboxEntry) -> Uuid {
+    entry.campaign.as_uuid()
+}
+
+/// How many of `entries` each campaign has, in campaign id order.
+fn per_campaign<'a>(entries: impl Iterator<Item = &'a OutboxEntry>) -> BTreeMap<Uuid, i32> {
+    per_uuid(&entries.map(uuid).collect::<Vec<_>>())
+}
+
+/// How many times each campaign occurs in `campaigns`, in campaign id order.
+fn per_uuid(campaigns: &[Uuid]) -> BTreeMap<Uuid, i32> {
+    let mut counts = BTreeMap::new();
+    for campaign in campaigns {
+        *counts.entry(*campaign).or_default() += 1;
     }
-    wanted
+    counts
 }
 
 /// Whether every campaign has room for all its entries (an unknown campaign has none).
@@ -264,9 +278,19 @@ fn bind_entries<'q>(
     entries: &[&'q OutboxEntry],
 ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
     query
-        .bind(entries.iter().map(|e| e.campaign).collect::<Vec<_>>())
-        .bind(entries.iter().map(|e| e.user.as_str()).collect::<Vec<_>>())
-        .bind(entries.iter().map(|e| e.key.as_str()).collect::<Vec<_>>())
+        .bind(entries.iter().map(|e| uuid(e)).collect::<Vec<_>>())
+        .bind(
+            entries
+                .iter()
+                .map(|e| e.holder.user.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            entries
+                .iter()
+                .map(|e| e.holder.key.as_str())
+                .collect::<Vec<_>>(),
+        )
         .bind(entries.iter().map(|e| e.seq).collect::<Vec<_>>())
         .bind(entries.iter().map(|e| e.at).collect::<Vec<_>>())
 }
@@ -285,7 +309,8 @@ async fn reclassify_missed(
 ) -> Result<(), sqlx::Error> {
     let inserted: HashSet<(Uuid, &str)> = inserted.iter().map(|(c, u)| (*c, u.as_str())).collect();
     let missed = |(entry, verdict): &(&OutboxEntry, &mut Verdict)| {
-        **verdict == Verdict::Insert && !inserted.contains(&(entry.campaign, entry.user.as_str()))
+        **verdict == Verdict::Insert
+            && !inserted.contains(&(uuid(entry), entry.holder.user.as_str()))
     };
     let holders = select_holders(
         &mut *tx,
@@ -297,8 +322,8 @@ async fn reclassify_missed(
     )
     .await?;
     for (entry, verdict) in entries.iter().zip(verdicts.iter_mut()).filter(missed) {
-        *verdict = match holders.get(&(entry.campaign, entry.user.clone())) {
-            Some(key) if *key == entry.key => Verdict::AlreadyStored,
+        *verdict = match holders.get(&holder_of(entry)) {
+            Some(key) if key == entry.holder.key.as_str() => Verdict::AlreadyStored,
             Some(_) => Verdict::Reject(RejectReason::UserHoldsOtherKey),
             None => Verdict::Reject(RejectReason::SeqTaken),
         };
@@ -312,7 +337,7 @@ async fn select_holders<'a>(
     entries: impl Iterator<Item = &'a OutboxEntry>,
 ) -> Result<HashMap<(Uuid, String), String>, sqlx::Error> {
     let (campaigns, users): (Vec<Uuid>, Vec<&str>) =
-        entries.map(|e| (e.campaign, e.user.as_str())).unzip();
+        entries.map(|e| (uuid(e), e.holder.user.as_str())).unzip();
     let rows: Vec<(Uuid, String, String)> = sqlx::query_as(
         "select r.campaign_id, r.user_id, r.idempotency_key
          from redemptions r
@@ -329,6 +354,11 @@ async fn select_holders<'a>(
         .collect())
 }
 
+/// The (campaign, user) an entry's holder is stored under.
+fn holder_of(entry: &OutboxEntry) -> (Uuid, String) {
+    (uuid(entry), entry.holder.user.as_str().to_owned())
+}
+
 /// Decides each entry in stream order: a holder's own key again is a no-op, another key is
 /// refused, and no campaign gets more new holders than its remaining capacity.
 fn classify(
@@ -339,17 +369,17 @@ fn classify(
     entries
         .iter()
         .map(|entry| {
-            let Some(left) = capacity.get_mut(&entry.campaign) else {
+            let Some(left) = capacity.get_mut(&uuid(entry)) else {
                 return Verdict::Reject(RejectReason::UnknownCampaign);
             };
-            let holder = (entry.campaign, entry.user.clone());
+            let holder = holder_of(entry);
             match stored.get(&holder) {
-                Some(key) if *key == entry.key => Verdict::AlreadyStored,
+                Some(key) if key == entry.holder.key.as_str() => Verdict::AlreadyStored,
                 Some(_) => Verdict::Reject(RejectReason::UserHoldsOtherKey),
                 None if *left <= 0 => Verdict::Reject(RejectReason::SoldOut),
                 None => {
                     *left -= 1;
-                    stored.insert(holder, entry.key.clone());
+                    stored.insert(holder, entry.holder.key.as_str().to_owned());
                     Verdict::Insert
                 }
             }
@@ -359,14 +389,19 @@ fn classify(
 
 #[cfg(test)]
 mod tests {
+    use time::OffsetDateTime;
+
     use super::*;
+    use crate::domain::{CampaignId, Holder, IdempotencyKey, UserId};
 
     fn entry(campaign: Uuid, user: &str, key: &str) -> OutboxEntry {
         OutboxEntry {
             id: "0-1".into(),
-            campaign,
-            user: user.into(),
-            key: key.into(),
+            campaign: CampaignId::from(campaign),
+            holder: Holder {
+                user: UserId::parse(user).unwrap(),
+                key: IdempotencyKey::parse(key).unwrap(),
+            },
             seq: 1,
             at: OffsetDateTime::UNIX_EPOCH,
         }

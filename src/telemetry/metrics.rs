@@ -19,6 +19,8 @@ pub const WRITER_ROWS: &str = "vg_writer_rows_total";
 pub const WRITER_REJECTED: &str = "vg_writer_rejected_total";
 pub const WRITER_CLAIMED: &str = "vg_writer_claimed_total";
 pub const WRITER_ERRORS: &str = "vg_writer_errors_total";
+pub const WRITER_DEAD_LETTERED: &str = "vg_writer_dead_lettered_total";
+pub const TASK_RESTARTS: &str = "vg_task_restarts_total";
 pub const OUTBOX_LENGTH: &str = "vg_outbox_length";
 pub const OUTBOX_PENDING: &str = "vg_outbox_pending";
 pub const OUTBOX_OLDEST_PENDING_AGE: &str = "vg_outbox_oldest_pending_age_seconds";
@@ -96,6 +98,15 @@ fn describe() {
     describe_counter!(
         WRITER_ERRORS,
         "Writer steps or batch stores that failed and were retried"
+    );
+    describe_counter!(
+        WRITER_DEAD_LETTERED,
+        "Outbox entries moved to their shard's dead-letter stream, by kind: malformed (not \
+         decodable) or refused (PostgreSQL refuses them for good); run reconcile"
+    );
+    describe_counter!(
+        TASK_RESTARTS,
+        "Background loops started again after they panicked or returned, by task"
     );
     describe_gauge!(OUTBOX_LENGTH, "Outbox entries not yet written, per shard");
     describe_gauge!(

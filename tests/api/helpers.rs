@@ -29,21 +29,20 @@ pub fn redis_url() -> String {
     std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/1".into())
 }
 
-/// Test settings: small pools, and stalled entries claimed after 2 s rather than 30.
+/// Test settings: small pools and short Redis timeouts.
 pub fn test_config() -> ServeConfig {
     let mut config = ServeConfig::try_parse_from(["serve", "--listen", "127.0.0.1:0"]).unwrap();
-    config.database.database_url = database_url();
+    config.database.database_url = database_url().into();
     config.database.db_pool_size = 8;
-    config.redis.redis_url = redis_url();
+    config.redis.redis_url = redis_url().into();
     config.redis.redis_timeout = Duration::from_secs(1);
-    config.writer.claim_idle_timeout = Duration::from_secs(2);
     config
 }
 
 /// Test settings against a private Redis; with `writer` off, every redemption stays in the outbox.
 pub fn private_redis_config(redis: &RedisServer, writer: bool) -> ServeConfig {
     let mut config = test_config();
-    config.redis.redis_url = redis.url();
+    config.redis.redis_url = redis.url().into();
     config.writer.no_writer = !writer;
     config
 }
@@ -78,8 +77,8 @@ impl TestApp {
     }
 
     pub async fn spawn_with(config: ServeConfig) -> Self {
-        let database_url = config.database.database_url.clone();
-        let redis_url = config.redis.redis_url.clone();
+        let database_url = config.database.database_url.expose().to_owned();
+        let redis_url = config.redis.redis_url.expose().to_owned();
         let app = App::build(config).await.expect("the app builds");
         let address = format!("http://{}", app.local_addr());
         let stop = CancellationToken::new();
@@ -215,6 +214,22 @@ pub async fn stored(db: &PgPool, id: CampaignId) -> Vec<(String, String, i32)> {
     .fetch_all(db)
     .await
     .unwrap()
+}
+
+/// The value of the series of `name` with all of `labels`, summed; 0 when there is none.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| line.rsplit_once(' '))
+        .filter(|(series, _)| {
+            let (series_name, series_labels) = series.split_once('{').unwrap_or((series, ""));
+            series_name == name
+                && labels
+                    .iter()
+                    .all(|(key, value)| series_labels.contains(&format!("{key}=\"{value}\"")))
+        })
+        .map(|(_, value)| value.parse::<f64>().unwrap())
+        .sum()
 }
 
 /// A port nobody listens on right now.

@@ -6,7 +6,7 @@
 use std::{
     collections::{HashMap, HashSet},
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
@@ -47,6 +47,9 @@ pub struct Load {
     stop: CancellationToken,
     phase: Arc<AtomicUsize>,
     acked: Arc<AtomicUsize>,
+    /// The users told REDEEMED so far.
+    acked_users: Arc<Mutex<Vec<String>>>,
+    id: CampaignId,
     clients: Vec<tokio::task::JoinHandle<Vec<Record>>>,
 }
 
@@ -56,6 +59,7 @@ impl Load {
         let stop = CancellationToken::new();
         let phase = Arc::new(AtomicUsize::new(0));
         let acked = Arc::new(AtomicUsize::new(0));
+        let acked_users = Arc::new(Mutex::new(Vec::new()));
         let gateways = Arc::new(gateways);
         let run = format!("{:08x}", rand::random::<u32>());
         let clients = (0..clients)
@@ -70,6 +74,7 @@ impl Load {
                     name: format!("{run}-{n}"),
                     phase: phase.clone(),
                     acked: acked.clone(),
+                    acked_users: acked_users.clone(),
                     stop: stop.clone(),
                 };
                 tokio::spawn(client.run())
@@ -79,7 +84,35 @@ impl Load {
             stop,
             phase,
             acked,
+            acked_users,
+            id,
             clients,
+        }
+    }
+
+    /// Waits until PostgreSQL holds every redemption acknowledged so far, and returns how long
+    /// after `since` (the service's return after a fault) that was.
+    pub async fn durable_after(&self, db: &PgPool, since: Instant) -> Duration {
+        let users = self.acked_users.lock().unwrap().clone();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let stored: i64 = sqlx::query_scalar(
+                "select count(*) from redemptions where campaign_id = $1 and user_id = any($2)",
+            )
+            .bind(self.id.as_uuid())
+            .bind(&users)
+            .fetch_one(db)
+            .await
+            .unwrap_or(-1);
+            if stored == users.len() as i64 {
+                return since.elapsed();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{stored} of {} acknowledged redemptions stored",
+                users.len()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -124,6 +157,7 @@ struct Client {
     name: String,
     phase: Arc<AtomicUsize>,
     acked: Arc<AtomicUsize>,
+    acked_users: Arc<Mutex<Vec<String>>>,
     stop: CancellationToken,
 }
 
@@ -154,6 +188,7 @@ impl Client {
                 .until_decided(&user, &key, kind, &mut records, &mut rng)
                 .await;
             if kind == Kind::New && decision.as_deref() == Some("REDEEMED") {
+                self.acked_users.lock().unwrap().push(user.clone());
                 self.acked.fetch_add(1, Ordering::Relaxed);
                 held.push((user, key));
             }

@@ -11,10 +11,14 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use tokio::{io::AsyncWriteExt, net::TcpStream};
-use voucher_gateway::{domain::CampaignId, redis::keys::Shards};
+use voucher_gateway::{
+    domain::CampaignId, health::Probe, redis::keys::Shards, supervise::Liveness,
+};
 
 use crate::{
-    helpers::{RedisServer, TestApp, database_url, private_redis_config, test_config},
+    helpers::{
+        RedisServer, TestApp, database_url, metric, private_redis_config, redis_url, test_config,
+    },
     load::Load,
     process::{GatewayProcess, create_campaign, private_database, signal},
 };
@@ -45,7 +49,7 @@ async fn health_and_ready_answer_and_every_response_carries_a_request_id() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(
         body,
-        json!({"status": "ready", "checks": {"redis": "ok", "postgres": "ok", "migrations": "ok", "outbox": "ok"}})
+        json!({"status": "ready", "checks": {"redis": "ok", "postgres": "ok", "migrations": "ok", "writers": "ok", "outbox": "ok"}})
     );
 
     let sent = app
@@ -73,7 +77,7 @@ async fn ready_names_what_is_wrong() {
     let mut redis = RedisServer::start();
     let database = private_database().await;
     let mut config = private_redis_config(&redis, false);
-    config.database.database_url = database.clone();
+    config.database.database_url = database.clone().into();
     config.ready_max_outbox_lag = Duration::from_millis(200);
     let app = TestApp::spawn_with(config).await;
     assert_eq!(get_json(&app, "/ready").await.0, StatusCode::OK);
@@ -109,20 +113,31 @@ async fn ready_names_what_is_wrong() {
     assert_eq!(get_json(&app, "/health").await.0, StatusCode::OK);
 }
 
-/// The value of the series of `name` with all of `labels`, summed; 0 when there is none.
-fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter(|line| !line.starts_with('#'))
-        .filter_map(|line| line.rsplit_once(' '))
-        .filter(|(series, _)| {
-            let (series_name, series_labels) = series.split_once('{').unwrap_or((series, ""));
-            series_name == name
-                && labels
-                    .iter()
-                    .all(|(key, value)| series_labels.contains(&format!("{key}=\"{value}\"")))
-        })
-        .map(|(_, value)| value.parse::<f64>().unwrap())
-        .sum()
+#[tokio::test]
+async fn ready_names_a_shard_without_a_live_writer_loop() {
+    let db = PgPool::connect(&database_url()).await.unwrap();
+    let redis = voucher_gateway::redis::connect_manager(&redis_url(), Duration::from_secs(1))
+        .await
+        .unwrap();
+    let shards = Shards::new(16);
+    let liveness = Liveness::new(16);
+    // Every shard's loop runs but shard 3's, which panicked and waits to start again.
+    let alive: Vec<_> = (0..16)
+        .filter(|s| *s != 3)
+        .map(|s| liveness.enter(s))
+        .collect();
+    let max_lag = Duration::from_secs(30);
+    let probe = Probe::new(redis.clone(), db.clone(), shards, max_lag, Some(liveness));
+
+    let readiness = probe.readiness().await;
+    assert_eq!(readiness.status, "unavailable");
+    assert_eq!(
+        readiness.checks.writers,
+        "no live writer in this process for shards [3]"
+    );
+    drop(alive);
+    let without_writers = Probe::new(redis, db, shards, max_lag, None);
+    assert_eq!(without_writers.readiness().await.checks.writers, "off");
 }
 
 #[tokio::test]
@@ -355,7 +370,7 @@ async fn a_stalled_redis_or_postgres_answers_503_within_its_timeout() {
     let redis = RedisServer::start();
     let database = private_database().await;
     let mut config = private_redis_config(&redis, true);
-    config.database.database_url = database.clone();
+    config.database.database_url = database.clone().into();
     config.redis.redis_timeout = Duration::from_millis(300);
     config.database.db_timeout = Duration::from_millis(300);
     let app = TestApp::spawn_with(config).await;

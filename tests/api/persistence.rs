@@ -9,7 +9,10 @@ use reqwest::StatusCode;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use voucher_gateway::{
-    domain::CampaignId,
+    app,
+    domain::{CampaignId, Holder, IdempotencyKey, OutboxEntry, UserId},
+    redis::keys::{ShardKeys, Shards},
+    store,
     writer::{Writer, WriterSettings},
 };
 
@@ -54,14 +57,17 @@ struct Manual {
     _redis: RedisServer,
     app: TestApp,
     id: CampaignId,
+    shard: ShardKeys,
     stream: String,
     pool: deadpool_redis::Pool,
     settings: WriterSettings,
 }
 
 impl Manual {
-    fn writer(&self, settings: WriterSettings) -> Writer {
-        Writer::new(self.pool.clone(), self.app.db.clone(), settings)
+    /// A writer of the campaign's shard reading as `consumer`.
+    fn writer(&self, consumer: &str, settings: WriterSettings) -> Writer {
+        let (pool, db) = (self.pool.clone(), self.app.db.clone());
+        Writer::new(pool, db, self.shard.clone(), consumer.into(), settings)
     }
 
     async fn start() -> Self {
@@ -69,16 +75,18 @@ impl Manual {
         let config = private_redis_config(&redis, false);
         let app = TestApp::spawn_with(config.clone()).await;
         let id = app.create_campaign(100).await;
-        let stream = app.keys(id).outbox;
+        let shard = ShardKeys::of(Shards::new(16).of(id));
+        let stream = shard.outbox.clone();
         let pool =
             voucher_gateway::redis::connect_pool(&redis.url(), 4, Duration::from_secs(1)).unwrap();
         Self {
             _redis: redis,
             app,
             id,
+            shard,
             stream,
             pool,
-            settings: config.writer_settings(),
+            settings: app::writer_settings(&config),
         }
     }
 }
@@ -97,20 +105,20 @@ async fn entries_of_a_consumer_killed_between_read_and_ack_are_claimed_and_store
     settings.claim_idle = claim_idle;
 
     // A consumer reads the entries, then dies before it stores or acknowledges them.
-    let doomed = m.writer(settings.clone());
-    doomed.ensure_group(&m.stream).await.unwrap();
-    assert_eq!(doomed.read(&m.stream).await.unwrap().entries.len(), 40);
+    let doomed = m.writer("doomed", settings.clone());
+    doomed.ensure_group().await.unwrap();
+    assert_eq!(doomed.read().await.unwrap().entries.len(), 40);
     drop(doomed);
-    let survivor = m.writer(settings);
+    let survivor = m.writer("survivor", settings);
     assert!(
-        survivor.read(&m.stream).await.unwrap().entries.is_empty(),
+        survivor.read().await.unwrap().entries.is_empty(),
         "nothing new to read: all pending"
     );
 
     let cancel = CancellationToken::new();
     let mut handled = 0;
     while handled < 40 {
-        handled += survivor.step(&m.stream, &cancel).await.unwrap();
+        handled += survivor.step(&cancel).await.unwrap();
     }
 
     m.app.wait_persisted(m.id, 40).await;
@@ -118,7 +126,7 @@ async fn entries_of_a_consumer_killed_between_read_and_ack_are_claimed_and_store
     let left: usize = con.xlen(&m.stream).await.unwrap();
     assert_eq!(left, 0, "acknowledged entries are deleted");
     // Stepping again finds nothing: each entry was stored exactly once.
-    assert_eq!(survivor.step(&m.stream, &cancel).await.unwrap(), 0);
+    assert_eq!(survivor.step(&cancel).await.unwrap(), 0);
     assert_eq!(stored(&m.app.db, m.id).await.len(), 40);
 
     // The dead consumer, holding nothing now, is removed once silent for ten claim timeouts.
@@ -129,8 +137,72 @@ async fn entries_of_a_consumer_killed_between_read_and_ack_are_claimed_and_store
     };
     assert_eq!(consumers(&mut con).await, 2);
     tokio::time::sleep(claim_idle * 10).await;
-    survivor.claim(&m.stream).await.unwrap();
+    survivor.claim().await.unwrap();
     assert_eq!(consumers(&mut con).await, 1);
+}
+
+#[tokio::test]
+async fn a_consumer_that_lost_what_it_read_stores_it_at_once_when_it_reads_again() {
+    let m = Manual::start().await;
+    for n in 0..40 {
+        let answer = m.app.redeem(m.id, format!("user-{n}"), "k").await;
+        assert_eq!(answer.outcome(), "REDEEMED");
+    }
+    // No claim can help within this test: only the consumer's own name finds the entries.
+    let mut settings = m.settings.clone();
+    settings.claim_idle = Duration::from_secs(600);
+
+    // Its process dies, or its connection drops, after Redis delivered the entries.
+    let before = m.writer("instance-a/0", settings.clone());
+    before.ensure_group().await.unwrap();
+    assert_eq!(before.read().await.unwrap().entries.len(), 40);
+    drop(before);
+    let other = m.writer("instance-b/0", settings.clone());
+    assert!(other.read().await.unwrap().entries.is_empty());
+
+    let again = m.writer("instance-a/0", settings);
+    let cancel = CancellationToken::new();
+    assert_eq!(again.step(&cancel).await.unwrap(), 40, "the first step");
+    m.app.wait_persisted(m.id, 40).await;
+    let mut con = m.app.redis.clone();
+    let left: usize = con.xlen(&m.stream).await.unwrap();
+    assert_eq!(left, 0);
+}
+
+#[tokio::test]
+async fn writers_storing_overlapping_batches_at_once_never_deadlock() {
+    let app = TestApp::spawn().await;
+    for round in 0..20 {
+        let id = app.create_campaign(1_000).await;
+        let batch: Vec<OutboxEntry> = (0..200)
+            .map(|n| outbox_entry(id, &format!("user-{n}"), n + 1))
+            .collect();
+        // The same entries redelivered to a second writer, with one of a campaign PostgreSQL
+        // does not know: that batch is classified entry by entry while the first goes in whole.
+        let mut redelivered = batch.clone();
+        redelivered.push(outbox_entry(CampaignId::new_random(), "stray", 1));
+        let (first, second) = tokio::join!(
+            store::store_batch(&app.db, &batch),
+            store::store_batch(&app.db, &redelivered)
+        );
+        let (first, second) = (first.unwrap(), second.unwrap());
+        assert_eq!(first.inserted + second.inserted, 200, "round {round}");
+        assert_eq!(second.rejected, 1);
+        wait_persisted(&app.db, id, 200).await;
+    }
+}
+
+fn outbox_entry(campaign: CampaignId, user: &str, seq: i32) -> OutboxEntry {
+    OutboxEntry {
+        id: format!("{seq}-0"),
+        campaign,
+        holder: Holder {
+            user: UserId::parse(user).unwrap(),
+            key: IdempotencyKey::parse("k").unwrap(),
+        },
+        seq,
+        at: time::OffsetDateTime::now_utc(),
+    }
 }
 
 #[tokio::test]
@@ -138,9 +210,9 @@ async fn writers_of_one_outbox_take_turns_so_one_flush_interval_makes_one_batch(
     let m = Manual::start().await;
     let mut settings = m.settings.clone();
     settings.flush_interval = Duration::from_millis(500);
-    let first = m.writer(settings.clone());
-    let second = m.writer(settings).taking_turns_with(&first);
-    first.ensure_group(&m.stream).await.unwrap();
+    let first = m.writer("first", settings.clone());
+    let second = m.writer("second", settings).taking_turns_with(&first);
+    first.ensure_group().await.unwrap();
     assert_eq!(
         m.app.redeem(m.id, "user-0", "k").await.outcome(),
         "REDEEMED"
@@ -148,13 +220,13 @@ async fn writers_of_one_outbox_take_turns_so_one_flush_interval_makes_one_batch(
 
     // The first writer reads the entry and waits out the flush interval for more; entries that
     // arrive meanwhile are its to top up with, while the second waits for its turn.
-    let (first_batch, second_batch) = tokio::join!(first.read(&m.stream), async {
+    let (first_batch, second_batch) = tokio::join!(first.read(), async {
         tokio::time::sleep(Duration::from_millis(100)).await;
         for n in 1..5 {
             let user = format!("user-{n}");
             assert_eq!(m.app.redeem(m.id, user, "k").await.outcome(), "REDEEMED");
         }
-        second.read(&m.stream).await
+        second.read().await
     });
     assert_eq!(
         first_batch.unwrap().entries.len(),
@@ -168,8 +240,8 @@ async fn writers_of_one_outbox_take_turns_so_one_flush_interval_makes_one_batch(
 async fn redeems_continue_while_postgres_is_down_and_everything_lands_once() {
     let (redis, postgres) = (RedisServer::start(), PgServer::start());
     let mut config = test_config();
-    config.redis.redis_url = redis.url();
-    config.database.database_url = postgres.url();
+    config.redis.redis_url = redis.url().into();
+    config.database.database_url = postgres.url().into();
     config.database.db_timeout = Duration::from_secs(1);
     let app = TestApp::spawn_with(config).await;
     let id = app.create_campaign(500).await;

@@ -34,7 +34,6 @@ impl GatewayProcess {
             ("REDIS_URL".into(), redis.into()),
             ("VG_LISTEN".into(), format!("127.0.0.1:{port}")),
             ("VG_DB_POOL_SIZE".into(), "4".into()),
-            ("VG_CLAIM_IDLE_TIMEOUT".into(), "1s".into()),
             ("VG_REDIS_TIMEOUT".into(), "1s".into()),
             ("VG_LOG_FORMAT".into(), "human".into()),
         ];
@@ -90,8 +89,24 @@ impl GatewayProcess {
             .unwrap()
     }
 
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().and_then(Child::id).expect("running")
+    /// The instance name its writers read under, by default: the host name and the port.
+    pub fn instance(&self) -> String {
+        format!(
+            "{}:{}",
+            gethostname::gethostname().to_string_lossy(),
+            self.port
+        )
+    }
+
+    /// One series of its `/metrics`, summed over `labels`.
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let text = reqwest::get(format!("{}/metrics", self.url))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        crate::helpers::metric(&text, name, labels)
     }
 }
 

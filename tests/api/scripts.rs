@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use redis::{AsyncCommands, aio::MultiplexedConnection};
 use voucher_gateway::{
-    domain::{CampaignId, IdempotencyKey, UserId},
+    domain::{CampaignId, Holder, IdempotencyKey, UserId},
     redis::{
         keys::{self, CampaignKeys, Shards},
         outbox,
@@ -58,11 +58,18 @@ async fn outbox_entries(
     keys: &CampaignKeys,
     id: CampaignId,
 ) -> Vec<(String, String, i64)> {
-    outbox::queued_entries(con, &keys.outbox, id)
+    outbox::queued_entries_of(con, &keys.outbox, id)
         .await
         .unwrap()
         .into_iter()
-        .map(|entry| (entry.user, entry.key, i64::from(entry.seq)))
+        .map(|entry| {
+            let holder = entry.holder;
+            (
+                holder.user.as_str().to_owned(),
+                holder.key.as_str().to_owned(),
+                i64::from(entry.seq),
+            )
+        })
         .collect()
 }
 
@@ -119,10 +126,11 @@ async fn hydration_commits_once_and_counts_holders() {
     let (_server, mut con) = connection().await;
     let id = CampaignId::new_random();
     let keys = Shards::new(16).campaign(id);
-    let holders = [
-        ("a".to_owned(), "1".to_owned()),
-        ("b".to_owned(), "2".to_owned()),
-    ];
+    let holder = |user: &str, key: &str| Holder {
+        user: UserId::parse(user).unwrap(),
+        key: IdempotencyKey::parse(key).unwrap(),
+    };
+    let holders = [holder("a", "1"), holder("b", "2")];
 
     assert_eq!(
         scripts::hydrate_users(&mut con, &keys, &holders)
@@ -235,6 +243,10 @@ async fn read_ids(con: &mut MultiplexedConnection, stream: &str, consumer: &str)
         .collect()
 }
 
+fn strs(ids: &[String]) -> Vec<&str> {
+    ids.iter().map(String::as_str).collect()
+}
+
 async fn stream_ids(con: &mut MultiplexedConnection, stream: &str) -> Vec<String> {
     let reply: redis::streams::StreamRangeReply = con.xrange_all(stream).await.unwrap();
     reply.ids.into_iter().map(|entry| entry.id).collect()
@@ -258,17 +270,35 @@ async fn acknowledged_entries_leave_the_outbox_in_any_order_and_no_other_does() 
     assert_eq!([&first[..], &second[..]].concat(), all[..6]);
 
     // The newer batch commits first: only its entries go; the older one's stay pending.
-    assert_eq!(scripts::ack(&mut con, &stream, &second).await.unwrap(), 3);
+    assert_eq!(
+        scripts::ack(&mut con, &stream, &strs(&second))
+            .await
+            .unwrap(),
+        3
+    );
     let expected = [&all[..3], &all[6..]].concat();
     assert_eq!(stream_ids(&mut con, &stream).await, expected);
 
     // Then the older batch: the entries never read stay.
-    assert_eq!(scripts::ack(&mut con, &stream, &first).await.unwrap(), 3);
+    assert_eq!(
+        scripts::ack(&mut con, &stream, &strs(&first))
+            .await
+            .unwrap(),
+        3
+    );
     assert_eq!(stream_ids(&mut con, &stream).await, all[6..]);
 
     // A batch acknowledged again (claimed and written twice) changes nothing.
-    assert_eq!(scripts::ack(&mut con, &stream, &first).await.unwrap(), 0);
+    assert_eq!(
+        scripts::ack(&mut con, &stream, &strs(&first))
+            .await
+            .unwrap(),
+        0
+    );
     let last = read_ids(&mut con, &stream, "a").await;
-    assert_eq!(scripts::ack(&mut con, &stream, &last).await.unwrap(), 3);
+    assert_eq!(
+        scripts::ack(&mut con, &stream, &strs(&last)).await.unwrap(),
+        3
+    );
     assert!(stream_ids(&mut con, &stream).await.is_empty());
 }

@@ -1,0 +1,155 @@
+//! The gateway's operations, independent of HTTP: create a campaign, redeem, read a summary,
+//! each hydrating the campaign's Redis state from PostgreSQL first when Redis does not hold it.
+
+mod answered;
+mod hydration;
+mod scans;
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use metrics::histogram;
+use redis::aio::ConnectionManager;
+use serde::Serialize;
+use sqlx::PgPool;
+
+use crate::{
+    domain::{CampaignId, CampaignName, IdempotencyKey, Outcome, Total, UserId},
+    redis::{
+        keys::Shards,
+        scripts::{self, Decision},
+        state,
+    },
+    store,
+    telemetry::metrics::REDEEM_SCRIPT_DURATION,
+};
+use hydration::Hydrator;
+
+/// How often an operation hydrates and retries before giving up on a campaign that keeps
+/// vanishing from Redis (a Redis being flushed over and over).
+const LOAD_ATTEMPTS: usize = 3;
+
+/// A campaign's counters, as the API returns them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct Summary {
+    #[schema(value_type = uuid::Uuid)]
+    pub id: CampaignId,
+    pub name: String,
+    pub total: i64,
+    pub redeemed: i64,
+    pub remaining: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("campaign not found")]
+    NotFound,
+    #[error("Redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("PostgreSQL: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("campaign {0} did not stay loaded in Redis")]
+    Unstable(CampaignId),
+    /// The error of a hydration that other requests waited on too.
+    #[error(transparent)]
+    Shared(Arc<GatewayError>),
+}
+
+pub struct Gateway {
+    /// One multiplexed connection for every request.
+    redis: ConnectionManager,
+    db: PgPool,
+    shards: Shards,
+    hydrator: Hydrator,
+}
+
+impl Gateway {
+    pub fn new(redis: ConnectionManager, db: PgPool, shards: Shards, absent_ttl: Duration) -> Self {
+        let hydrator = Hydrator::new(redis.clone(), db.clone(), shards, absent_ttl);
+        Self {
+            redis,
+            db,
+            shards,
+            hydrator,
+        }
+    }
+
+    pub fn shards(&self) -> Shards {
+        self.shards
+    }
+
+    /// Creates a campaign: PostgreSQL first (the record), then its Redis state. If Redis fails
+    /// after the commit, the campaign still exists and hydrates on first touch.
+    pub async fn create_campaign(
+        &self,
+        name: CampaignName,
+        total: Total,
+    ) -> Result<Summary, GatewayError> {
+        let id = CampaignId::new_random();
+        let row = store::insert_campaign(&self.db, id, &name, total).await?;
+        let keys = self.shards.campaign(id);
+        let mut con = self.redis.clone();
+        if let Err(error) =
+            scripts::hydrate_commit(&mut con, &keys, row.total, &row.name, 0, 0).await
+        {
+            tracing::warn!(%id, %error, "campaign stored but not loaded into Redis; it loads on first use");
+        }
+        Ok(Summary {
+            id,
+            name: row.name,
+            total: row.total.into(),
+            redeemed: 0,
+            remaining: row.total.into(),
+        })
+    }
+
+    /// Decides one redeem in Redis, hydrating the campaign first if Redis does not hold it.
+    pub async fn redeem(
+        &self,
+        id: CampaignId,
+        user: &UserId,
+        key: &IdempotencyKey,
+    ) -> Result<Outcome, GatewayError> {
+        let keys = self.shards.campaign(id);
+        let mut con = self.redis.clone();
+        for _ in 0..LOAD_ATTEMPTS {
+            let started = Instant::now();
+            let decision = scripts::redeem(&mut con, &keys, id, user, key).await;
+            histogram!(REDEEM_SCRIPT_DURATION).record(started.elapsed().as_secs_f64());
+            match decision? {
+                Decision::NotLoaded => self.hydrator.load(id).await?,
+                Decision::Redeemed { seq } => {
+                    self.hydrator.answered.record(id, seq);
+                    return Ok(Outcome::Redeemed { replayed: false });
+                }
+                Decision::Replayed => return Ok(Outcome::Redeemed { replayed: true }),
+                Decision::AlreadyRedeemed => return Ok(Outcome::AlreadyRedeemed),
+                Decision::SoldOut => return Ok(Outcome::SoldOut),
+            }
+        }
+        Err(GatewayError::Unstable(id))
+    }
+
+    /// Reads a campaign's counters from Redis, hydrating it first if needed.
+    pub async fn summary(&self, id: CampaignId) -> Result<Summary, GatewayError> {
+        let keys = self.shards.campaign(id);
+        let mut con = self.redis.clone();
+        for _ in 0..LOAD_ATTEMPTS {
+            match state::counters(&mut con, &keys).await? {
+                Some(counters) => {
+                    return Ok(Summary {
+                        id,
+                        name: counters.name,
+                        total: counters.total,
+                        redeemed: counters.total - counters.remaining,
+                        remaining: counters.remaining,
+                    });
+                }
+                None => self.hydrator.load(id).await?,
+            }
+        }
+        Err(GatewayError::Unstable(id))
+    }
+}

@@ -1,0 +1,125 @@
+//! Reading one campaign's state as the scripts keep it: the counters of its campaign hash and the
+//! holders of its users hash. Writes go through the scripts only.
+
+use redis::{RedisResult, aio::ConnectionLike};
+
+use super::keys::CampaignKeys;
+use crate::domain::{Holder, IdempotencyKey, UserId};
+
+/// What `GET /campaigns/{id}` shows of a loaded campaign.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Counters {
+    pub name: String,
+    pub total: i64,
+    pub remaining: i64,
+}
+
+/// The campaign's counters; `None` when Redis does not hold it (it must hydrate first).
+pub async fn counters(
+    con: &mut impl ConnectionLike,
+    keys: &CampaignKeys,
+) -> RedisResult<Option<Counters>> {
+    let (total, remaining, name): (Option<i64>, Option<i64>, Option<String>) = redis::cmd("HMGET")
+        .arg(&keys.campaign)
+        .arg(&["total", "remaining", "name"])
+        .query_async(con)
+        .await?;
+    Ok(match (total, remaining, name) {
+        (Some(total), Some(remaining), Some(name)) => Some(Counters {
+            name,
+            total,
+            remaining,
+        }),
+        _ => None,
+    })
+}
+
+/// What reconcile compares of a loaded campaign, read in one transaction.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CampaignState {
+    pub total: i64,
+    pub remaining: i64,
+    pub holders: i64,
+    /// The last voucher number given.
+    pub last_seq: i64,
+}
+
+/// The campaign's counters and holder count; `None` when Redis does not hold it.
+pub async fn campaign_state(
+    con: &mut impl ConnectionLike,
+    keys: &CampaignKeys,
+) -> RedisResult<Option<CampaignState>> {
+    type Counters = (Option<i64>, Option<i64>, Option<i64>);
+    let ((total, remaining, last_seq), holders): (Counters, i64) = redis::pipe()
+        .atomic()
+        .cmd("HMGET")
+        .arg(&keys.campaign)
+        .arg(&["total", "remaining", "seq"])
+        .cmd("HLEN")
+        .arg(&keys.users)
+        .query_async(con)
+        .await?;
+    Ok(match (total, remaining) {
+        (Some(total), Some(remaining)) => Some(CampaignState {
+            total,
+            remaining,
+            holders,
+            last_seq: last_seq.unwrap_or(0),
+        }),
+        _ => None,
+    })
+}
+
+/// One step of a scan over the campaign's holders, from `cursor` (0 to start): the next cursor
+/// (0 when done) and up to about `count` holders. A holder may come twice in one scan.
+pub async fn scan_holders(
+    con: &mut impl ConnectionLike,
+    keys: &CampaignKeys,
+    cursor: u64,
+    count: usize,
+) -> RedisResult<(u64, Vec<Holder>)> {
+    let (next, fields): (u64, Vec<(String, String)>) = redis::cmd("HSCAN")
+        .arg(&keys.users)
+        .arg(cursor)
+        .arg("COUNT")
+        .arg(count)
+        .query_async(con)
+        .await?;
+    let holders = fields
+        .into_iter()
+        .map(|(user, key)| holder(&user, &key))
+        .collect::<RedisResult<_>>()?;
+    Ok((next, holders))
+}
+
+/// The key Redis holds for each of `users`, in their order (`None` for a user who holds none).
+pub async fn keys_of(
+    con: &mut impl ConnectionLike,
+    keys: &CampaignKeys,
+    users: &[&UserId],
+) -> RedisResult<Vec<Option<IdempotencyKey>>> {
+    if users.is_empty() {
+        return Ok(Vec::new());
+    }
+    let held: Vec<Option<String>> = redis::cmd("HMGET")
+        .arg(&keys.users)
+        .arg(users.iter().map(|user| user.as_str()).collect::<Vec<_>>())
+        .query_async(con)
+        .await?;
+    held.into_iter()
+        .map(|key| key.map(|key| parsed("idempotency key", IdempotencyKey::parse(&key))))
+        .map(Option::transpose)
+        .collect()
+}
+
+fn holder(user: &str, key: &str) -> RedisResult<Holder> {
+    Ok(Holder {
+        user: parsed("user id", UserId::parse(user))?,
+        key: parsed("idempotency key", IdempotencyKey::parse(key))?,
+    })
+}
+
+/// A value the scripts wrote, parsed: one that does not parse was written by someone else.
+fn parsed<T>(what: &str, value: Result<T, crate::domain::DomainError>) -> RedisResult<T> {
+    value.map_err(|error| super::unexpected_reply("a users hash", format!("a {what} that {error}")))
+}
