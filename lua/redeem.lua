@@ -14,8 +14,9 @@
 --                                       XADD outbox r = "campaign\nuser\nkey\nseq"
 --
 -- Voucher numbers come from their own counter rather than from total - remaining: after Redis
--- lost state, hydration restarts the counter above every number ever given, so a number is never
--- handed out twice and the numbers lost with Redis stay visible as gaps (reconcile counts them).
+-- lost state, hydration restarts the counter above every number it can see (in PostgreSQL, in the
+-- outbox, and answered by the gateway that hydrates), so those numbers are not handed out again
+-- and the ones lost with Redis stay visible as gaps (reconcile counts them).
 --
 -- An outbox entry is one field holding its four parts, separated by newlines (which user ids and
 -- keys cannot contain): a writer decodes five reply values per entry where five fields took

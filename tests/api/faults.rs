@@ -493,3 +493,121 @@ async fn two_gateways_one_killed_for_good_the_survivor_claims_its_pending_entrie
         audit.acked.len()
     );
 }
+
+#[tokio::test]
+async fn poison_entries_go_to_the_dead_letter_streams_and_the_rest_drains() {
+    let redis = RedisServer::start();
+    let db = shared_db().await;
+    let gateway = GatewayProcess::start(
+        &database_url(),
+        &redis.url(),
+        &[("VG_READY_MAX_OUTBOX_LAG", "2s")],
+    )
+    .await;
+    let id = create_campaign(&gateway.url, LARGE).await;
+    let load = Load::start(vec![gateway.url.clone()], id, CLIENTS);
+    load.wait_acked(200).await;
+
+    // Entries the writers cannot decode, and entries PostgreSQL refuses for good, appended to
+    // the live outbox of the campaign's shard (and to another shard) among the traffic's.
+    let shards = Shards::new(16);
+    let outbox = shards.campaign(id).outbox;
+    let other = voucher_gateway::redis::keys::outbox((shards.of(id) + 1) % 16);
+    let poison: [(&str, &[(&str, String)]); 7] = [
+        (&outbox, &[("garbage", "x".into())]),
+        (&outbox, &[("r", "not four parts".into())]),
+        (&outbox, &[("r", format!("{id}\nnul\u{0}user\nk\n5"))]),
+        (&outbox, &[("r", format!("{id}\nbig-seq\nk\n99999999999"))]),
+        (&outbox, &[("r", format!("{id}\nzero-seq\nk\n0"))]),
+        (&outbox, &[("r", format!("{id}\nnegative-seq\nk\n-3"))]),
+        (&other, &[("r", format!("{id}\nelsewhere\nk\n0"))]),
+    ];
+    let mut con = connect(&redis.url()).await;
+    let mut injected = Vec::new();
+    for (stream, fields) in poison {
+        let entry: String = con.xadd(stream, "*", fields).await.unwrap();
+        injected.push(entry);
+        load.wait_acked(load.acked() + 20).await;
+    }
+    let injected_at = Instant::now();
+    load.wait_acked(load.acked() + 200).await;
+    let durable = load.durable_after(&db, injected_at).await;
+    let history = load.stop().await;
+    let drained = wait_drained(&redis.url()).await;
+
+    let audit = history.audit(&db, id, &HashSet::new()).await;
+    assert!(audit.lost.is_empty(), "lost {:?}", audit.lost);
+    assert_eq!(stored(&db, id).await.len(), audit.acked.len());
+    assert_durable_in_time("poison entries", durable);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let ready = reqwest::get(format!("{}/ready", gateway.url))
+        .await
+        .unwrap();
+    assert_eq!(
+        ready.status(),
+        reqwest::StatusCode::OK,
+        "{}",
+        ready.text().await.unwrap()
+    );
+
+    let mut letters = Vec::new();
+    for shard in shards.all() {
+        for letter in voucher_gateway::redis::outbox::dead_letters(&mut con, &shard)
+            .await
+            .unwrap()
+        {
+            assert!(!letter.reason.is_empty());
+            letters.push((letter.entry_id, letter.reason));
+        }
+    }
+    letters.sort();
+    let mut expected = injected.clone();
+    expected.sort();
+    let ids: Vec<&String> = letters.iter().map(|(id, _)| id).collect();
+    assert_eq!(ids, expected.iter().collect::<Vec<_>>(), "{letters:#?}");
+    let metric = "vg_writer_dead_lettered_total";
+    let malformed = gateway.metric(metric, &[("kind", "malformed")]).await;
+    let refused = gateway.metric(metric, &[("kind", "refused")]).await;
+    assert_eq!((malformed, refused), (4.0, 3.0));
+    let refused: Vec<&str> = letters
+        .iter()
+        .filter(|(_, reason)| reason.starts_with("PostgreSQL"))
+        .map(|(_, reason)| reason.as_str())
+        .collect();
+    assert!(
+        refused
+            .iter()
+            .all(|reason| reason.contains("redemptions_seq_positive")),
+        "{refused:?}"
+    );
+
+    let found = reconcile(
+        &database_url(),
+        &redis.url(),
+        &["--campaign", &id.to_string()],
+    )
+    .await;
+    assert_eq!(
+        found.code, 1,
+        "dead letters need a person: {:#}",
+        found.report
+    );
+    let listed = found.report["dead_letters"].as_array().unwrap();
+    assert_eq!(listed.len(), injected.len());
+    assert_eq!(
+        found.campaign(id)["lost_from_outbox"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+    eprintln!(
+        "poison: {} entries PostgreSQL cannot take (4 undecodable, 3 refused by its constraints) \
+         appended to live outboxes: all {} moved to the dead-letter streams, listed by \
+         reconcile; {} acked redemptions around them all stored, the last {durable:?} after the \
+         injection; outbox drained {drained:?} after the load, /ready 200",
+        injected.len(),
+        letters.len(),
+        audit.acked.len(),
+    );
+}

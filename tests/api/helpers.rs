@@ -248,37 +248,49 @@ pub struct RedisServer {
     child: Option<Child>,
     /// `appendonly yes` with `appendfsync always`: every acknowledged write survives a kill.
     aof: bool,
+    /// `requirepass`, when set.
+    password: Option<String>,
 }
 
 impl RedisServer {
     /// A server without persistence: a restart comes back empty.
     pub fn start() -> Self {
-        Self::start_with(false)
+        Self::start_with(false, None)
     }
 
     /// A server with AOF `appendfsync always`.
     pub fn start_with_aof() -> Self {
-        Self::start_with(true)
+        Self::start_with(true, None)
     }
 
-    fn start_with(aof: bool) -> Self {
+    /// A server that requires `password`.
+    pub fn start_with_password(password: &str) -> Self {
+        Self::start_with(false, Some(password.to_owned()))
+    }
+
+    fn start_with(aof: bool, password: Option<String>) -> Self {
         let mut server = Self {
             port: free_port(),
             dir: tempfile::tempdir().unwrap(),
             child: None,
             aof,
+            password,
         };
         server.restart();
         server
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        match &self.password {
+            Some(password) => format!("redis://:{password}@127.0.0.1:{}", self.port),
+            None => format!("redis://127.0.0.1:{}", self.port),
+        }
     }
 
     /// Starts (again) on the same port and directory; with AOF, reloading what it wrote.
     pub fn restart(&mut self) {
-        let child = Command::new("redis-server")
+        let mut command = Command::new("redis-server");
+        command
             .args([
                 "--port",
                 &self.port.to_string(),
@@ -293,14 +305,22 @@ impl RedisServer {
                 ["--appendonly", "no", "--appendfsync", "everysec"]
             })
             .arg("--dir")
-            .arg(self.dir.path())
+            .arg(self.dir.path());
+        if let Some(password) = &self.password {
+            command.args(["--requirepass", password]);
+        }
+        let child = command
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server is installed");
         self.child = Some(child);
         wait_until(|| {
-            Command::new("redis-cli")
-                .args(["-p", &self.port.to_string(), "ping"])
+            let mut ping = Command::new("redis-cli");
+            ping.args(["-p", &self.port.to_string(), "--no-auth-warning"]);
+            if let Some(password) = &self.password {
+                ping.args(["-a", password]);
+            }
+            ping.arg("ping")
                 .output()
                 .is_ok_and(|out| out.stdout.starts_with(b"PONG"))
         });

@@ -14,3 +14,4 @@ mod persistence;
 mod process;
 mod reconcile;
 mod scripts;
+mod storm;

@@ -10,14 +10,15 @@ use redis::AsyncCommands;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use tokio::{io::AsyncWriteExt, net::TcpStream};
+use tokio::{io::AsyncWriteExt, net::TcpStream, process::Command};
 use voucher_gateway::{
     domain::CampaignId, health::Probe, redis::keys::Shards, supervise::Liveness,
 };
 
 use crate::{
     helpers::{
-        RedisServer, TestApp, database_url, metric, private_redis_config, redis_url, test_config,
+        RedisServer, TestApp, database_url, free_port, metric, private_redis_config, redis_url,
+        test_config,
     },
     load::Load,
     process::{GatewayProcess, create_campaign, private_database, signal},
@@ -473,43 +474,19 @@ async fn sigterm_under_load_exits_0_with_every_acknowledged_redemption_stored() 
 #[tokio::test]
 async fn every_log_line_of_a_request_names_its_request_id() {
     let mut redis = RedisServer::start();
-    let port = crate::helpers::free_port();
-    let gateway = tokio::process::Command::new(env!("CARGO_BIN_EXE_voucher-gateway"))
-        .arg("serve")
-        .env("DATABASE_URL", database_url())
-        .env("REDIS_URL", redis.url())
-        .env("VG_LISTEN", format!("127.0.0.1:{port}"))
-        .env("VG_REDIS_TIMEOUT", "300ms")
-        .env("VG_LOG_FORMAT", "json")
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while client.get(format!("{base}/health")).send().await.is_err() {
-        assert!(Instant::now() < deadline, "the gateway did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let id = create_campaign(&base, 5).await;
+    let settings = [("VG_REDIS_TIMEOUT", "300ms"), ("VG_LOG_FORMAT", "json")];
+    let mut gateway = GatewayProcess::start_logged(&database_url(), &redis.url(), &settings).await;
+    let id = create_campaign(&gateway.url, 5).await;
     redis.kill();
     // The failing request logs a warning from inside its handler.
-    let answer = client
-        .get(format!("{base}/campaigns/{id}"))
+    let answer = reqwest::Client::new()
+        .get(format!("{}/campaigns/{id}", gateway.url))
         .header("x-request-id", "log-me-7")
         .send()
         .await
         .unwrap();
     assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE);
-    signal(gateway.id().unwrap(), "TERM");
-    let output = tokio::time::timeout(Duration::from_secs(20), gateway.wait_with_output())
-        .await
-        .expect("the gateway exits after SIGTERM")
-        .unwrap();
-    let logs = String::from_utf8(output.stderr).unwrap();
+    let logs = gateway.terminate_with_logs(Duration::from_secs(20)).await;
     let warned: Vec<Value> = logs
         .lines()
         .filter_map(|line| serde_json::from_str::<Value>(line).ok())
@@ -518,5 +495,76 @@ async fn every_log_line_of_a_request_names_its_request_id() {
     assert!(!warned.is_empty(), "no warning logged:\n{logs}");
     for line in warned {
         assert_eq!(line["span"]["id"], "log-me-7", "{line}");
+    }
+}
+
+#[tokio::test]
+async fn no_token_or_password_reaches_a_log_line() {
+    let secrets = [
+        "admin-s3cret-1",
+        "api-s3cret-2",
+        "redis-s3cret-3",
+        "pg-s3cret-4",
+    ];
+    let mut redis = RedisServer::start_with_password(secrets[2]);
+    // Trust authentication ignores the password, so the URL works as it is.
+    let database = database_url().replace("postgres@", &format!("postgres:{}@", secrets[3]));
+    let settings = [
+        ("VG_ADMIN_TOKEN", secrets[0]),
+        ("VG_API_TOKEN", secrets[1]),
+        ("RUST_LOG", "debug,voucher_gateway=trace"),
+    ];
+    let mut gateway = GatewayProcess::start_logged(&database, &redis.url(), &settings).await;
+    let client = reqwest::Client::new();
+    let created = client
+        .post(format!("{}/campaigns", gateway.url))
+        .bearer_auth(secrets[0])
+        .json(&json!({"name": "secret", "total": 5}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let id = created.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let redeem = |token: &str| {
+        client
+            .post(format!("{}/campaigns/{id}/redeem", gateway.url))
+            .bearer_auth(token)
+            .json(&json!({"userId": "u", "idempotencyKey": "k"}))
+            .send()
+    };
+    assert_eq!(redeem(secrets[1]).await.unwrap().status(), StatusCode::OK);
+    assert_eq!(
+        redeem(secrets[0]).await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+    // Errors are logged with their causes: none may carry a secret.
+    redis.kill();
+    assert_eq!(
+        redeem(secrets[1]).await.unwrap().status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    let mut logs = gateway.terminate_with_logs(Duration::from_secs(20)).await;
+    // A gateway and a reconcile that cannot reach Redis name the URL in their last words.
+    let unreachable = format!("redis://:{}@127.0.0.1:{}", secrets[2], free_port());
+    let failed = Command::new(env!("CARGO_BIN_EXE_voucher-gateway"))
+        .arg("serve")
+        .env("DATABASE_URL", &database)
+        .env("REDIS_URL", &unreachable)
+        .env("VG_LISTEN", "127.0.0.1:0")
+        .env("VG_ADMIN_TOKEN", secrets[0])
+        .output()
+        .await
+        .unwrap();
+    assert!(!failed.status.success());
+    let reconciled = crate::process::reconcile(&database, &unreachable, &[]).await;
+    logs += &String::from_utf8_lossy(&failed.stderr);
+    logs += &reconciled.stderr;
+    assert!(logs.contains("redis://:***@127.0.0.1"), "{logs}");
+    assert!(logs.lines().count() > 20, "too few lines to tell: {logs}");
+    for secret in secrets {
+        assert!(!logs.contains(secret), "{secret} logged:\n{logs}");
     }
 }

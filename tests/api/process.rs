@@ -21,13 +21,29 @@ pub struct GatewayProcess {
     pub url: String,
     port: u16,
     env: Vec<(String, String)>,
+    /// Whether its log lines (stderr) are kept for the test, rather than shown.
+    logged: bool,
     child: Option<Child>,
 }
 
 impl GatewayProcess {
-    /// Starts a gateway on `database` and `redis` with extra `VG_*` settings, and waits until it
-    /// answers.
+    /// Starts a gateway on `database` and `redis` with extra `VG_*` settings (or `RUST_LOG`),
+    /// and waits until it answers.
     pub async fn start(database: &str, redis: &str, settings: &[(&str, &str)]) -> Self {
+        Self::start_as(database, redis, settings, false).await
+    }
+
+    /// `start`, keeping its log lines for `terminate_with_logs`.
+    pub async fn start_logged(database: &str, redis: &str, settings: &[(&str, &str)]) -> Self {
+        Self::start_as(database, redis, settings, true).await
+    }
+
+    async fn start_as(
+        database: &str,
+        redis: &str,
+        settings: &[(&str, &str)],
+        logged: bool,
+    ) -> Self {
         let port = free_port();
         let mut env: Vec<(String, String)> = vec![
             ("DATABASE_URL".into(), database.into()),
@@ -36,12 +52,14 @@ impl GatewayProcess {
             ("VG_DB_POOL_SIZE".into(), "4".into()),
             ("VG_REDIS_TIMEOUT".into(), "1s".into()),
             ("VG_LOG_FORMAT".into(), "human".into()),
+            ("RUST_LOG".into(), "warn".into()),
         ];
         env.extend(settings.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let mut gateway = Self {
             url: format!("http://127.0.0.1:{port}"),
             port,
             env,
+            logged,
             child: None,
         };
         gateway.start_again().await;
@@ -53,8 +71,12 @@ impl GatewayProcess {
         let child = Command::new(BINARY)
             .arg("serve")
             .envs(self.env.iter().cloned())
-            .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
+            .stderr(if self.logged {
+                Stdio::piped()
+            } else {
+                Stdio::inherit()
+            })
             .kill_on_drop(true)
             .spawn()
             .expect("the gateway binary starts");
@@ -87,6 +109,17 @@ impl GatewayProcess {
             .await
             .expect("the gateway exits within the deadline")
             .unwrap()
+    }
+
+    /// SIGTERM, then waits (at most `within`) for the process to exit; returns what it logged.
+    pub async fn terminate_with_logs(&mut self, within: Duration) -> String {
+        let child = self.child.take().expect("running");
+        signal(child.id().expect("running"), "TERM");
+        let output = tokio::time::timeout(within, child.wait_with_output())
+            .await
+            .expect("the gateway exits within the deadline")
+            .unwrap();
+        String::from_utf8(output.stderr).unwrap()
     }
 
     /// The instance name its writers read under, by default: the host name and the port.
