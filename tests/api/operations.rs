@@ -240,6 +240,13 @@ async fn metrics_count_what_happened() {
     assert_eq!(metric(&text, "vg_outbox_lag_seconds", &this_shard), 0.0);
 }
 
+/// The id of the campaign a `POST /campaigns` created.
+async fn created_id(created: reqwest::Response) -> String {
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let body: Value = created.json().await.unwrap();
+    body["id"].as_str().unwrap().to_owned()
+}
+
 #[tokio::test]
 async fn bearer_tokens_guard_creation_and_redeems() {
     let mut config = test_config();
@@ -269,12 +276,7 @@ async fn bearer_tokens_guard_creation_and_redeems() {
             "unauthorized"
         );
     }
-    let created = create(Some("Bearer admin-secret")).await.unwrap();
-    assert_eq!(created.status(), StatusCode::CREATED);
-    let id = created.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = created_id(create(Some("Bearer admin-secret")).await.unwrap()).await;
 
     let redeem = |token: &str| {
         app.client
@@ -523,11 +525,7 @@ async fn no_token_or_password_reaches_a_log_line() {
         .send()
         .await
         .unwrap();
-    assert_eq!(created.status(), StatusCode::CREATED);
-    let id = created.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = created_id(created).await;
     let redeem = |token: &str| {
         client
             .post(format!("{}/campaigns/{id}/redeem", gateway.url))
