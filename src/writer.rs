@@ -171,7 +171,7 @@ impl Writer {
         if entries.is_empty() {
             entries = self.read().await?;
         }
-        let handled = entries.entries.len() + entries.malformed.len() + entries.deleted.len();
+        let handled = entries.listed();
         self.handle(entries, cancel).await?;
         Ok(handled)
     }

@@ -48,6 +48,11 @@ pub struct Malformed {
 impl Entries {
     /// Decodes `[[id, [field, value, ...]], ...]`.
     pub fn decode(reply: Value) -> RedisResult<Self> {
+        Self::decode_where(reply, |_| true)
+    }
+
+    /// `decode`, passing over (before decoding them) the entries whose fields `keep` refuses.
+    fn decode_where(reply: Value, keep: impl Fn(&Value) -> bool) -> RedisResult<Self> {
         let mut decoded = Entries::default();
         for entry in array(reply)? {
             // Redis before 7.0 lists a deleted entry that XAUTOCLAIM found as nil.
@@ -59,6 +64,7 @@ impl Entries {
             match parts.next() {
                 // A consumer's own pending entry that was deleted from the stream.
                 None | Some(Value::Nil) => decoded.deleted.push(id.clone()),
+                Some(fields) if !keep(&fields) => {}
                 Some(fields) => match parse_entry(&id, fields) {
                     Ok(entry) => decoded.entries.push(entry),
                     Err(reason) => decoded.malformed.push(Malformed {
@@ -85,6 +91,11 @@ impl Entries {
     /// Whether the reply listed nothing at all.
     pub fn is_empty(&self) -> bool {
         self.last_id.is_none()
+    }
+
+    /// How many entries the reply listed, whatever they held.
+    pub fn listed(&self) -> usize {
+        self.entries.len() + self.malformed.len() + self.deleted.len()
     }
 
     /// Decodes an XREADGROUP reply for one stream: nil when nothing came, else
@@ -143,6 +154,18 @@ fn parse_entry(id: &str, fields: Value) -> Result<OutboxEntry, &'static str> {
         at: OffsetDateTime::from_unix_timestamp_nanos(i128::from(at_ms) * 1_000_000)
             .map_err(|_| "the id's time is out of range")?,
     })
+}
+
+/// The campaign an entry's fields name, read from its value's first part alone.
+fn campaign_of(fields: &Value) -> Option<CampaignId> {
+    let Value::Array(fields) = fields else {
+        return None;
+    };
+    let [_, Value::BulkString(value)] = &fields[..] else {
+        return None;
+    };
+    let campaign = value.get(..uuid::fmt::Hyphenated::LENGTH)?;
+    CampaignId::parse(std::str::from_utf8(campaign).ok()?).ok()
 }
 
 fn array(value: Value) -> RedisResult<Vec<Value>> {
@@ -305,17 +328,21 @@ pub async fn queued_entries(
 ) -> RedisResult<HashMap<CampaignId, Vec<OutboxEntry>>> {
     let mut queued: HashMap<CampaignId, Vec<OutboxEntry>> = HashMap::new();
     let mut start = "-".to_owned();
+    // Only the entries of these campaigns are decoded: a backlog's others cost their id only.
+    let wanted = |fields: &Value| campaign_of(fields).is_some_and(|id| campaigns.contains(&id));
     loop {
-        let page = Entries::decode(range_page(con, outbox, &start).await?)?;
-        let Some(last) = page.last_id else { break };
-        start = format!("({last}");
+        let page = array(range_page(con, outbox, &start).await?)?;
+        let listed = page.len();
+        let page = Entries::decode_where(Value::Array(page), wanted)?;
         for entry in page.entries {
-            if campaigns.contains(&entry.campaign) {
-                queued.entry(entry.campaign).or_default().push(entry);
-            }
+            queued.entry(entry.campaign).or_default().push(entry);
+        }
+        // A page short of full reached the stream's end as it was then.
+        match page.last_id {
+            Some(last) if listed == PAGE => start = format!("({last}"),
+            _ => return Ok(queued),
         }
     }
-    Ok(queued)
 }
 
 /// Up to `PAGE` entries of `stream` from `start` on (`-`, or `(<id>` for those after an id).
@@ -364,9 +391,7 @@ pub async fn dead_letters(
     let mut start = "-".to_owned();
     loop {
         let page = array(range_page(con, &shard.dead_letters, &start).await?)?;
-        if page.is_empty() {
-            return Ok(letters);
-        }
+        let full = page.len() == PAGE;
         for entry in page {
             let mut parts = array(entry)?.into_iter();
             start = format!("({}", string(parts.next())?);
@@ -391,6 +416,9 @@ pub async fn dead_letters(
                 }
             }
             letters.push(letter);
+        }
+        if !full {
+            return Ok(letters);
         }
     }
 }
@@ -473,6 +501,22 @@ mod tests {
             ]
         );
         assert_eq!(decoded.deleted, ["1700000000127-0"]);
+    }
+
+    #[test]
+    fn only_the_wanted_campaigns_entries_are_decoded() {
+        let (wanted, other) = (CampaignId::new_random(), CampaignId::new_random());
+        let reply = Value::Array(vec![
+            entry("1-0", "r", &format!("{wanted}\nu\nk\n1")),
+            entry("2-0", "r", &format!("{other}\nu\nk\n2")),
+            entry("3-0", "r", "garbage"),
+        ]);
+        let keep = |fields: &Value| campaign_of(fields) == Some(wanted);
+        let decoded = Entries::decode_where(reply, keep).unwrap();
+        let ids: Vec<&str> = decoded.entries.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(ids, ["1-0"]);
+        assert!(decoded.malformed.is_empty());
+        assert_eq!(decoded.last_id.as_deref(), Some("3-0"));
     }
 
     #[test]

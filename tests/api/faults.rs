@@ -456,24 +456,23 @@ async fn redis_rolled_back_postgres_refuses_every_excess_grant_and_repair_closes
 async fn two_gateways_one_killed_for_good_the_survivor_claims_its_pending_entries() {
     let redis = RedisServer::start();
     let db = shared_db().await;
-    // The doomed gateway holds what it reads for 2 s before storing it.
-    let mut doomed = GatewayProcess::start(
-        &database_url(),
-        &redis.url(),
-        &[("VG_WRITER_FLUSH_INTERVAL", "2s")],
-    )
-    .await;
+    let mut doomed = GatewayProcess::start(&database_url(), &redis.url(), &[]).await;
     // The survivor runs on several threads (the default is one), so that runtime serves load too.
     let survivor =
         GatewayProcess::start(&database_url(), &redis.url(), &[("VG_WORKER_THREADS", "2")]).await;
     let id = create_campaign(&survivor.url, LARGE).await;
     let load = Load::start(vec![doomed.url.clone(), survivor.url.clone()], id, CLIENTS);
     load.wait_acked(300).await;
+    // The doomed gateway dies holding entries it read and had not stored.
+    let stall = stall_writers(&db, id).await;
     let instance = doomed.instance();
-    let held = wait_held(&redis.url(), &instance).await;
+    wait_held(&redis.url(), &instance).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let held = pending_with(&redis.url(), &instance).await;
 
     doomed.kill().await;
     let killed = Instant::now();
+    stall.rollback().await.unwrap();
     let durable = load.durable_after(&db, killed).await;
     load.wait_acked(load.acked() + 300).await;
     let history = load.stop().await;

@@ -1,7 +1,8 @@
 //! Client load for fault tests, and the checks on its recorded history. Each client redeems as new
-//! users, replays its own earlier requests, and tries second keys for users it holds; it retries
-//! a request that got no decision (503, connection refused, timeout) with the same key, as a real
-//! client would, possibly on another gateway. Every attempt and answer is recorded.
+//! users, replays its own earlier requests, and tries second keys for users it holds, at a steady
+//! pace; it retries a request that got no decision (503, connection refused, timeout) with the
+//! same key, as a real client would, possibly on another gateway. Every attempt and answer is
+//! recorded.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -19,6 +20,11 @@ use tokio_util::sync::CancellationToken;
 use voucher_gateway::domain::CampaignId;
 
 use crate::helpers::stored;
+
+/// The pause between one client's requests: a steady load of up to 200 requests a second per
+/// client, so that the backlog a fault leaves grows with the fault's length, not with how fast
+/// this machine happens to be today.
+const PACE: Duration = Duration::from_millis(5);
 
 /// What one client did for one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -192,6 +198,7 @@ impl Client {
                 self.acked.fetch_add(1, Ordering::Relaxed);
                 held.push((user, key));
             }
+            tokio::time::sleep(PACE).await;
         }
         records
     }

@@ -28,6 +28,8 @@ const CLIENTS: usize = 200;
 const STORED_HOLDERS: i64 = 3;
 /// Requests each client sends after its first touches, to random campaigns.
 const MORE_PER_CLIENT: usize = 25;
+/// Grants of each campaign queued in the outbox besides the clients' own.
+const QUEUED_MORE: usize = 5;
 
 /// One redeem to send: the campaign, the user, the key, and the answer it must get.
 #[derive(Debug, Clone)]
@@ -161,6 +163,19 @@ async fn campaigns_in_postgres(db: &PgPool) -> Vec<Uuid> {
     ids
 }
 
+/// How many XRANGE calls Redis served since its statistics were last reset.
+async fn xrange_calls(con: &mut redis::aio::MultiplexedConnection) -> usize {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(con)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|line| line.strip_prefix("cmdstat_xrange:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |calls| calls.parse().unwrap())
+}
+
 async fn rows(db: &PgPool) -> i64 {
     sqlx::query_scalar("select count(*) from redemptions")
         .fetch_one(db)
@@ -205,12 +220,30 @@ async fn a_cold_redis_under_load_answers_every_request_and_folds_in_the_backlog(
         .get_multiplexed_async_connection()
         .await
         .unwrap();
+    // And a deeper backlog: more grants of every campaign, queued as redeem.lua queues them.
     let shards = Shards::new(16);
+    for chunk in campaigns.chunks(1_000) {
+        let mut pipe = redis::pipe();
+        for campaign in chunk {
+            let outbox = shards.campaign(CampaignId::from(*campaign)).outbox;
+            for n in 1..=QUEUED_MORE {
+                let entry = format!("{campaign}\nbacklog-{n}\nk\n{}", 100 + n);
+                pipe.cmd("XADD")
+                    .arg(&outbox)
+                    .arg("*")
+                    .arg("r")
+                    .arg(entry)
+                    .ignore();
+            }
+        }
+        let () = pipe.query_async(&mut con).await.unwrap();
+    }
     let mut backlog = 0;
     for outbox in shards.outboxes() {
-        backlog += con.xlen::<_, usize>(&outbox).await.unwrap();
+        backlog += con.xlen::<_, i64>(&outbox).await.unwrap();
     }
-    assert_eq!(backlog, granted as usize);
+    let queued_more = (CAMPAIGNS * QUEUED_MORE) as i64;
+    assert_eq!(backlog, granted + queued_more);
     for campaign in &campaigns {
         let keys = shards.campaign(CampaignId::from(*campaign));
         let _: () = con.del(&[&keys.campaign, &keys.users]).await.unwrap();
@@ -227,17 +260,33 @@ async fn a_cold_redis_under_load_answers_every_request_and_folds_in_the_backlog(
                 .collect()
         })
         .collect();
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut con)
+        .await
+        .unwrap();
     let cold = storm(&gateway.url, replays, touches).await;
     gateway.terminate(Duration::from_secs(20)).await;
+    // Each outbox page read is one XRANGE: a read of every shard's stream per campaign would be
+    // this many. Campaigns cold at once share reads; at least two share each, on average.
+    let pages_per_stream = backlog as usize / shards.count() as usize / 1_000 + 1;
+    let unshared = CAMPAIGNS * pages_per_stream;
+    let pages = xrange_calls(&mut con).await;
+    assert!(pages * 2 < unshared, "{pages} outbox pages read");
 
     // With writers again, the backlog lands once.
     let _gateway = GatewayProcess::start(&database, &redis.url(), &settings).await;
-    let drained = wait_rows(&db, CAMPAIGNS as i64 * STORED_HOLDERS + 2 * granted).await;
+    let drained = wait_rows(
+        &db,
+        CAMPAIGNS as i64 * STORED_HOLDERS + 2 * granted + queued_more,
+    )
+    .await;
     eprintln!(
         "cold Redis, {CAMPAIGNS} campaigns, {CLIENTS} clients, every answer a 200 decision:\n  \
          Redis empty, writers on: {}; every grant stored {stored_after:.2?} after the storm\n  \
-         campaign keys gone with {backlog} entries queued: {}; the backlog stored \
-         {drained:.2?} after the writers started",
+         campaign keys gone with {backlog} entries queued: {}; {pages} outbox pages read \
+         ({unshared} with one read per campaign); the backlog stored {drained:.2?} after the \
+         writers started",
         empty.describe(),
         cold.describe(),
     );
