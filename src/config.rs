@@ -192,6 +192,14 @@ impl ServeConfig {
             );
         }
         let writer = &self.writer;
+        if writer.claim_idle_timeout < self.redis.redis_timeout * 2 {
+            anyhow::bail!(
+                "VG_CLAIM_IDLE_TIMEOUT ({:?}) must be at least twice VG_REDIS_TIMEOUT ({:?}): a \
+                 writer touching the entries it stores could be too slow to keep them",
+                writer.claim_idle_timeout,
+                self.redis.redis_timeout
+            );
+        }
         if writer.writer_flush_interval * 2 > writer.claim_idle_timeout {
             anyhow::bail!(
                 "VG_WRITER_FLUSH_INTERVAL ({:?}) must be at most half of VG_CLAIM_IDLE_TIMEOUT \
@@ -347,6 +355,24 @@ mod tests {
         };
         assert!(config("2500ms").is_ok());
         assert!(config("3s").is_err());
+    }
+
+    #[test]
+    fn a_claim_timeout_must_outlast_two_redis_timeouts() {
+        let config = |claim: &str| {
+            ServeConfig::try_parse_from([
+                "serve",
+                "--claim-idle-timeout",
+                claim,
+                "--redis-timeout",
+                "2s",
+            ])
+            .unwrap()
+            .check()
+        };
+        assert!(config("4s").is_ok());
+        assert!(config("3s").is_err());
+        assert!(config("0s").is_err());
     }
 
     #[test]

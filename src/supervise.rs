@@ -39,16 +39,18 @@ pub fn supervise<F, Fut>(
             let started = Instant::now();
             // A task of its own, so that a panic ends only it and comes back as an error here.
             let ended = tokio::spawn(start()).await;
-            if cancel.is_cancelled() {
-                return;
-            }
             let how = match ended {
+                Ok(()) if cancel.is_cancelled() => return,
                 Ok(()) => "returned".to_owned(),
                 Err(error) if error.is_panic() => {
                     format!("panicked: {}", panic_message(error.into_panic()))
                 }
                 Err(error) => format!("ended: {error}"),
             };
+            if cancel.is_cancelled() {
+                tracing::error!(task = kind, %name, "a background loop {how} while stopping");
+                return;
+            }
             counter!(TASK_RESTARTS, "task" => kind).increment(1);
             if started.elapsed() >= STEADY {
                 backoff = Backoff::default();

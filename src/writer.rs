@@ -114,6 +114,8 @@ impl Writer {
 
     /// Runs steps until `cancel`; then drains what is queued before returning.
     pub async fn run(&self, cancel: CancellationToken) {
+        // Started again after a panic, it may hold what the panic left pending.
+        self.recovering.store(true, Ordering::Relaxed);
         let mut backoff = Backoff::default();
         let mut group_ready = false;
         while !cancel.is_cancelled() {
@@ -228,7 +230,11 @@ impl Writer {
             // The entries in hand are pending already: store them even if topping up fails.
             match outbox::read_new(&mut con, outbox, &self.consumer, batch - count, None).await {
                 Ok(more) => read.append(more),
-                Err(error) => tracing::warn!(%outbox, %error, "topping up a batch failed"),
+                Err(error) => {
+                    // Redis may have delivered entries in a reply that was lost.
+                    self.recovering.store(true, Ordering::Relaxed);
+                    tracing::warn!(%outbox, %error, "topping up a batch failed");
+                }
             }
         }
         Ok(read)

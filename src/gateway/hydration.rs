@@ -47,11 +47,11 @@ impl Hydrator {
             .time_to_live(absent_ttl)
             .build();
         Self {
+            scans: OutboxScans::new(redis.clone(), shards),
             redis,
             db,
             shards,
             lookups,
-            scans: OutboxScans::new(shards),
             answered: Answered::default(),
         }
     }
@@ -93,12 +93,11 @@ impl Hydrator {
     /// gateways at once: `hydrate.lua` lets the first commit win and the rest write nothing after.
     async fn hydrate(&self, id: CampaignId) -> Result<Presence, GatewayError> {
         let keys = self.shards.campaign(id);
-        let shard = self.shards.of(id);
         let mut con = self.redis.clone();
         for _ in 0..LOAD_ATTEMPTS {
             // The outbox must be read before PostgreSQL: an entry the writer deletes meanwhile
             // was committed before it was deleted, so the PostgreSQL read that follows sees it.
-            let queued = self.scans.queued(&mut con, shard, &keys.outbox, id).await?;
+            let queued = self.scans.queued(id).await?;
             let Some(campaign) = store::select_campaign(&self.db, id).await? else {
                 return Ok(Presence::Absent);
             };

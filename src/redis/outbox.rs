@@ -320,41 +320,45 @@ pub async fn last_id(con: &mut impl ConnectionLike, outbox: &str) -> RedisResult
 }
 
 /// Every entry of the `campaigns` still in `outbox`, per campaign in stream order, read page by
-/// page in one pass over the stream.
+/// page in one pass over the stream, up to its newest entry when the pass began.
 pub async fn queued_entries(
     con: &mut impl ConnectionLike,
     outbox: &str,
     campaigns: &HashSet<CampaignId>,
 ) -> RedisResult<HashMap<CampaignId, Vec<OutboxEntry>>> {
     let mut queued: HashMap<CampaignId, Vec<OutboxEntry>> = HashMap::new();
+    let Some(end) = last_id(con, outbox).await? else {
+        return Ok(queued);
+    };
     let mut start = "-".to_owned();
     // Only the entries of these campaigns are decoded: a backlog's others cost their id only.
     let wanted = |fields: &Value| campaign_of(fields).is_some_and(|id| campaigns.contains(&id));
     loop {
-        let page = array(range_page(con, outbox, &start).await?)?;
+        let page = array(range_page(con, outbox, &start, &end).await?)?;
         let listed = page.len();
         let page = Entries::decode_where(Value::Array(page), wanted)?;
         for entry in page.entries {
             queued.entry(entry.campaign).or_default().push(entry);
         }
-        // A page short of full reached the stream's end as it was then.
         match page.last_id {
-            Some(last) if listed == PAGE => start = format!("({last}"),
+            Some(last) if listed == PAGE && last != end => start = format!("({last}"),
             _ => return Ok(queued),
         }
     }
 }
 
-/// Up to `PAGE` entries of `stream` from `start` on (`-`, or `(<id>` for those after an id).
+/// Up to `PAGE` entries of `stream` from `start` (`-`, or `(<id>` for those after an id) to
+/// `end` (an id, or `+`).
 async fn range_page(
     con: &mut impl ConnectionLike,
     stream: &str,
     start: &str,
+    end: &str,
 ) -> RedisResult<Value> {
     redis::cmd("XRANGE")
         .arg(stream)
         .arg(start)
-        .arg("+")
+        .arg(end)
         .arg("COUNT")
         .arg(PAGE)
         .query_async(con)
@@ -390,7 +394,7 @@ pub async fn dead_letters(
     let mut letters = Vec::new();
     let mut start = "-".to_owned();
     loop {
-        let page = array(range_page(con, &shard.dead_letters, &start).await?)?;
+        let page = array(range_page(con, &shard.dead_letters, &start, "+").await?)?;
         let full = page.len() == PAGE;
         for entry in page {
             let mut parts = array(entry)?.into_iter();

@@ -18,15 +18,25 @@ pub use redemptions::{BatchSummary, RejectReason, store_batch};
 
 use crate::domain::{Holder, IdempotencyKey, UserId};
 
-/// Whether PostgreSQL refused for good what it was given, rather than failing for now: a data
-/// exception (class 22, such as a NUL byte in text) or an integrity constraint (class 23, such
-/// as a voucher number of 0). Such an error follows the entries, so retrying them is pointless.
-/// Everything else (a lost or refused connection, a timeout, a serialization failure or
-/// deadlock, too many connections, a server shutting down, and errors of the environment such as
-/// a missing table) may pass, and is retried.
+/// Whether PostgreSQL refused for good what it was given, rather than failing for now: an error
+/// that only the entries' own values can cause. Such an error follows the entries, so retrying
+/// them is pointless. Everything else is retried: a lost or refused connection, a timeout, a
+/// serialization failure or deadlock, too many connections, a server shutting down, and errors
+/// of the environment that every entry would meet (a missing table, a `NOT NULL` column or a
+/// check a migration added): dead-lettering every entry for those would empty the outbox.
 pub fn refuses_for_good(error: &sqlx::Error) -> bool {
-    matches!(error, sqlx::Error::Database(db)
-        if db.code().is_some_and(|code| code.starts_with("22") || code.starts_with("23")))
+    let sqlx::Error::Database(db) = error else {
+        return false;
+    };
+    match db.code().as_deref() {
+        // character_not_in_repertoire (a NUL byte), untranslatable_character,
+        // numeric_value_out_of_range, invalid_datetime_format, datetime_field_overflow,
+        // invalid_text_representation.
+        Some("22021" | "22P05" | "22003" | "22007" | "22008" | "22P02") => true,
+        // check_violation, of the voucher number's own check only.
+        Some("23514") => db.constraint() == Some("redemptions_seq_positive"),
+        _ => false,
+    }
 }
 
 /// A holder as stored; a row that breaks the domain's rules was written by someone else.

@@ -3,6 +3,8 @@
 //! wait for each other's locks the other way round (no deadlock), and inserts of different
 //! writers overlap. The common batch (all new, room left) goes in with one plain insert; any
 //! other is classified entry by entry (insert, already stored, refused) before it is written.
+//! Rows are inserted only for campaigns the room read found, and campaigns are never deleted, so
+//! no insert can outlive its campaign (the foreign key is gone: migration 0003).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -59,10 +61,13 @@ pub async fn store_batch(
     if let Some(summary) = store_all_new(pool, entries).await? {
         return Ok(summary);
     }
-    // Another writer changed a campaign's room between the read and the lock: decide again.
-    // Room only shrinks as vouchers are stored, so this ends.
+    // Decided again when another writer changed a campaign's room between the read and the
+    // lock (room only shrinks as vouchers are stored), or when an entry meant to insert did not
+    // and a later one was refused for want of the room it held (each such entry is learnt once):
+    // either ends.
+    let mut seq_taken = HashSet::new();
     loop {
-        if let Some(summary) = store_classified(pool, entries).await? {
+        if let Some(summary) = store_classified(pool, entries, &mut seq_taken).await? {
             return Ok(summary);
         }
     }
@@ -101,11 +106,12 @@ async fn store_all_new(
 
 /// Every other case: each entry classified (insert, already stored, refused) against the
 /// campaigns' room and the stored holders, the new ones inserted, then the campaigns locked and
-/// their room confirmed. `None`, with nothing written, when the room changed meanwhile in a way
-/// that changes a verdict.
+/// their room confirmed. `seq_taken` lists the entries (by index) known to hold a voucher number
+/// someone else holds. `None`, with nothing written, when a verdict must be decided again.
 async fn store_classified(
     pool: &PgPool,
     entries: &[OutboxEntry],
+    seq_taken: &mut HashSet<usize>,
 ) -> Result<Option<BatchSummary>, sqlx::Error> {
     let wanted = per_campaign(entries.iter());
     let campaigns: Vec<Uuid> = wanted.keys().copied().collect();
@@ -119,7 +125,7 @@ async fn store_classified(
         select_holders(&mut tx, entries.iter()).await?
     };
 
-    let mut verdicts = classify(entries, capacity.clone(), stored);
+    let mut verdicts = classify(entries, capacity.clone(), stored, seq_taken);
     let to_insert: Vec<&OutboxEntry> = entries
         .iter()
         .zip(&verdicts)
@@ -130,12 +136,12 @@ async fn store_classified(
     let inserted = insert_new(&mut tx, &to_insert).await?;
     // An entry that did not insert is a redelivery of a stored holder, a second key of a holder,
     // or a voucher number already held by someone else.
-    if inserted.len() < to_insert.len() {
-        reclassify_missed(&mut tx, entries, &mut verdicts, &inserted).await?;
-    }
+    let missed = if inserted.len() < to_insert.len() {
+        reclassify_missed(&mut tx, entries, &mut verdicts, &inserted).await?
+    } else {
+        Vec::new()
+    };
     let counted: Vec<Uuid> = inserted.into_iter().map(|(campaign, _)| campaign).collect();
-
-    let locked = room(&mut tx, &campaigns, Lock::ForUpdate).await?;
     let sold_out = per_campaign(
         entries
             .iter()
@@ -143,6 +149,17 @@ async fn store_classified(
             .filter(|(_, v)| **v == Verdict::Reject(RejectReason::SoldOut))
             .map(|(e, _)| e),
     );
+    // A missed entry held room that a later entry of its campaign was refused for.
+    if missed
+        .iter()
+        .any(|&i| sold_out.contains_key(&uuid(&entries[i])))
+    {
+        let taken = Verdict::Reject(RejectReason::SeqTaken);
+        seq_taken.extend(missed.into_iter().filter(|&i| verdicts[i] == taken));
+        return Ok(None);
+    }
+
+    let locked = room(&mut tx, &campaigns, Lock::ForUpdate).await?;
     let grown = |campaign: &Uuid| locked.get(campaign) > capacity.get(campaign);
     if !fits(&per_uuid(&counted), &locked) || sold_out.keys().any(grown) {
         return Ok(None);
@@ -300,13 +317,14 @@ fn is_unique_violation(error: &sqlx::Error) -> bool {
 }
 
 /// Decides again each entry meant for insertion that did not insert: a redelivery of a stored
-/// holder, a second key of a holder, or a voucher number someone else holds.
+/// holder, a second key of a holder, or a voucher number someone else holds. Returns their
+/// indices.
 async fn reclassify_missed(
     tx: &mut sqlx::PgConnection,
     entries: &[OutboxEntry],
     verdicts: &mut [Verdict],
     inserted: &[(Uuid, String)],
-) -> Result<(), sqlx::Error> {
+) -> Result<Vec<usize>, sqlx::Error> {
     let inserted: HashSet<(Uuid, &str)> = inserted.iter().map(|(c, u)| (*c, u.as_str())).collect();
     let missed = |(entry, verdict): &(&OutboxEntry, &mut Verdict)| {
         **verdict == Verdict::Insert
@@ -321,14 +339,19 @@ async fn reclassify_missed(
             .map(|(e, _)| e),
     )
     .await?;
-    for (entry, verdict) in entries.iter().zip(verdicts.iter_mut()).filter(missed) {
+    let mut indices = Vec::new();
+    for (i, (entry, verdict)) in entries.iter().zip(verdicts.iter_mut()).enumerate() {
+        if !missed(&(entry, &mut *verdict)) {
+            continue;
+        }
         *verdict = match holders.get(&holder_of(entry)) {
             Some(key) if key == entry.holder.key.as_str() => Verdict::AlreadyStored,
             Some(_) => Verdict::Reject(RejectReason::UserHoldsOtherKey),
             None => Verdict::Reject(RejectReason::SeqTaken),
         };
+        indices.push(i);
     }
-    Ok(())
+    Ok(indices)
 }
 
 /// The stored idempotency key of each (campaign, user) among `entries` that holds a voucher.
@@ -360,15 +383,18 @@ fn holder_of(entry: &OutboxEntry) -> (Uuid, String) {
 }
 
 /// Decides each entry in stream order: a holder's own key again is a no-op, another key is
-/// refused, and no campaign gets more new holders than its remaining capacity.
+/// refused, an entry in `seq_taken` is refused (its number is someone else's), and no campaign
+/// gets more new holders than its remaining capacity.
 fn classify(
     entries: &[OutboxEntry],
     mut capacity: HashMap<Uuid, i32>,
     mut stored: HashMap<(Uuid, String), String>,
+    seq_taken: &HashSet<usize>,
 ) -> Vec<Verdict> {
     entries
         .iter()
-        .map(|entry| {
+        .enumerate()
+        .map(|(i, entry)| {
             let Some(left) = capacity.get_mut(&uuid(entry)) else {
                 return Verdict::Reject(RejectReason::UnknownCampaign);
             };
@@ -376,6 +402,7 @@ fn classify(
             match stored.get(&holder) {
                 Some(key) if key == entry.holder.key.as_str() => Verdict::AlreadyStored,
                 Some(_) => Verdict::Reject(RejectReason::UserHoldsOtherKey),
+                None if seq_taken.contains(&i) => Verdict::Reject(RejectReason::SeqTaken),
                 None if *left <= 0 => Verdict::Reject(RejectReason::SoldOut),
                 None => {
                     *left -= 1;
@@ -411,7 +438,12 @@ mod tests {
     fn new_holders_are_inserted_up_to_capacity_then_refused_as_sold_out() {
         let c = Uuid::new_v4();
         let entries = [entry(c, "a", "k"), entry(c, "b", "k"), entry(c, "c", "k")];
-        let verdicts = classify(&entries, HashMap::from([(c, 2)]), HashMap::new());
+        let verdicts = classify(
+            &entries,
+            HashMap::from([(c, 2)]),
+            HashMap::new(),
+            &HashSet::new(),
+        );
         assert_eq!(
             verdicts,
             [
@@ -427,7 +459,7 @@ mod tests {
         let c = Uuid::new_v4();
         let stored = HashMap::from([((c, "a".to_string()), "k".to_string())]);
         let entries = [entry(c, "a", "k"), entry(c, "b", "k")];
-        let verdicts = classify(&entries, HashMap::from([(c, 1)]), stored);
+        let verdicts = classify(&entries, HashMap::from([(c, 1)]), stored, &HashSet::new());
         assert_eq!(verdicts, [Verdict::AlreadyStored, Verdict::Insert]);
     }
 
@@ -439,7 +471,12 @@ mod tests {
             entry(c, "a", "k2"),
             entry(c, "a", "k1"),
         ];
-        let verdicts = classify(&entries, HashMap::from([(c, 5)]), HashMap::new());
+        let verdicts = classify(
+            &entries,
+            HashMap::from([(c, 5)]),
+            HashMap::new(),
+            &HashSet::new(),
+        );
         assert_eq!(
             verdicts,
             [
@@ -451,11 +488,28 @@ mod tests {
     }
 
     #[test]
+    fn an_entry_whose_number_is_taken_holds_no_room() {
+        let c = Uuid::new_v4();
+        let entries = [entry(c, "a", "k"), entry(c, "b", "k")];
+        let verdicts = classify(
+            &entries,
+            HashMap::from([(c, 1)]),
+            HashMap::new(),
+            &HashSet::from([0]),
+        );
+        assert_eq!(
+            verdicts,
+            [Verdict::Reject(RejectReason::SeqTaken), Verdict::Insert]
+        );
+    }
+
+    #[test]
     fn an_entry_of_an_unknown_campaign_is_refused() {
         let verdicts = classify(
             &[entry(Uuid::new_v4(), "a", "k")],
             HashMap::new(),
             HashMap::new(),
+            &HashSet::new(),
         );
         assert_eq!(verdicts, [Verdict::Reject(RejectReason::UnknownCampaign)]);
     }

@@ -192,6 +192,43 @@ async fn writers_storing_overlapping_batches_at_once_never_deadlock() {
     }
 }
 
+#[tokio::test]
+async fn an_entry_refused_for_its_voucher_number_leaves_its_room_to_the_next() {
+    let app = TestApp::spawn().await;
+    let id = app.create_campaign(2).await;
+    let held = outbox_entry(id, "holder", 1);
+    assert_eq!(
+        store::store_batch(&app.db, &[held]).await.unwrap().inserted,
+        1
+    );
+
+    // After a Redis rollback: number 1 is given again, then two more grants; one voucher is left.
+    let batch = [
+        outbox_entry(id, "same-number", 1),
+        outbox_entry(id, "next", 2),
+        outbox_entry(id, "too-many", 3),
+    ];
+    let summary = store::store_batch(&app.db, &batch).await.unwrap();
+    assert_eq!((summary.inserted, summary.rejected), (1, 2));
+    let rows = stored(&app.db, id).await;
+    let users: Vec<&str> = rows.iter().map(|(user, _, _)| user.as_str()).collect();
+    assert_eq!(users, ["holder", "next"]);
+    let reasons: Vec<(String, String)> = sqlx::query_as(
+        "select user_id, reason from rejected_redemptions where campaign_id = $1 order by user_id",
+    )
+    .bind(id.as_uuid())
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(
+        reasons,
+        [
+            ("same-number".to_owned(), "seq_taken".to_owned()),
+            ("too-many".to_owned(), "sold_out".to_owned())
+        ]
+    );
+}
+
 fn outbox_entry(campaign: CampaignId, user: &str, seq: i32) -> OutboxEntry {
     OutboxEntry {
         id: format!("{seq}-0"),

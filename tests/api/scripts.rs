@@ -302,3 +302,46 @@ async fn acknowledged_entries_leave_the_outbox_in_any_order_and_no_other_does() 
     );
     assert!(stream_ids(&mut con, &stream).await.is_empty());
 }
+
+#[tokio::test]
+async fn entries_the_group_delivered_before_a_rollback_are_not_trimmed_by_another_batch() {
+    let (_server, mut con) = connection().await;
+    let stream = keys::outbox(0);
+    let () = con
+        .xgroup_create_mkstream(&stream, keys::WRITER_GROUP, "0")
+        .await
+        .unwrap();
+    let mut all = Vec::new();
+    for n in 0..9 {
+        let id: String = con.xadd(&stream, "*", &[("r", n)]).await.unwrap();
+        all.push(id);
+    }
+    let early = read_ids(&mut con, &stream, "a").await;
+    read_ids(&mut con, &stream, "b").await;
+    let late = read_ids(&mut con, &stream, "a").await;
+
+    // A rollback (Redis restarted from an older AOF, or a lagging replica promoted): the group
+    // is back at the third entry, and every delivery after it is forgotten. Writer a still holds
+    // its six entries in hand; b's reply was lost with the old Redis.
+    let _: () = redis::cmd("XGROUP")
+        .arg("SETID")
+        .arg(&stream)
+        .arg(keys::WRITER_GROUP)
+        .arg(&all[2])
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let _: u64 = con
+        .xack(&stream, keys::WRITER_GROUP, &all[3..])
+        .await
+        .unwrap();
+
+    let held = [&early[..], &late[..]].concat();
+    assert_eq!(
+        scripts::ack(&mut con, &stream, &strs(&held)).await.unwrap(),
+        3
+    );
+    // b's three entries were stored by nobody: they stay, to be delivered again.
+    assert_eq!(stream_ids(&mut con, &stream).await, all[3..6]);
+    assert_eq!(read_ids(&mut con, &stream, "b").await, all[3..6]);
+}
