@@ -252,9 +252,8 @@ async fn stream_ids(con: &mut MultiplexedConnection, stream: &str) -> Vec<String
     reply.ids.into_iter().map(|entry| entry.id).collect()
 }
 
-#[tokio::test]
-async fn acknowledged_entries_leave_the_outbox_in_any_order_and_no_other_does() {
-    let (_server, mut con) = connection().await;
+/// A private outbox with its writers' group and nine entries: (stream, their ids).
+async fn nine_entries(con: &mut MultiplexedConnection) -> (String, Vec<String>) {
     let stream = keys::outbox(0);
     let () = con
         .xgroup_create_mkstream(&stream, keys::WRITER_GROUP, "0")
@@ -265,6 +264,13 @@ async fn acknowledged_entries_leave_the_outbox_in_any_order_and_no_other_does() 
         let id: String = con.xadd(&stream, "*", &[("r", n)]).await.unwrap();
         all.push(id);
     }
+    (stream, all)
+}
+
+#[tokio::test]
+async fn acknowledged_entries_leave_the_outbox_in_any_order_and_no_other_does() {
+    let (_server, mut con) = connection().await;
+    let (stream, all) = nine_entries(&mut con).await;
     let first = read_ids(&mut con, &stream, "a").await;
     let second = read_ids(&mut con, &stream, "b").await;
     assert_eq!([&first[..], &second[..]].concat(), all[..6]);
@@ -306,16 +312,7 @@ async fn acknowledged_entries_leave_the_outbox_in_any_order_and_no_other_does() 
 #[tokio::test]
 async fn entries_the_group_delivered_before_a_rollback_are_not_trimmed_by_another_batch() {
     let (_server, mut con) = connection().await;
-    let stream = keys::outbox(0);
-    let () = con
-        .xgroup_create_mkstream(&stream, keys::WRITER_GROUP, "0")
-        .await
-        .unwrap();
-    let mut all = Vec::new();
-    for n in 0..9 {
-        let id: String = con.xadd(&stream, "*", &[("r", n)]).await.unwrap();
-        all.push(id);
-    }
+    let (stream, all) = nine_entries(&mut con).await;
     let early = read_ids(&mut con, &stream, "a").await;
     read_ids(&mut con, &stream, "b").await;
     let late = read_ids(&mut con, &stream, "a").await;
