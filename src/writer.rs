@@ -182,6 +182,14 @@ impl Writer {
     /// stream's current end, so every redemption this process acknowledged is in PostgreSQL
     /// before it exits. Entries added later (by other gateways) are left to their writers.
     async fn drain(&self, cancel: &CancellationToken) -> anyhow::Result<()> {
+        // First what it holds itself: a batch cut short, or entries of a reply that was lost.
+        while self.recovering.load(Ordering::Relaxed) {
+            let own = self.read_own().await?;
+            if own.is_empty() {
+                self.recovering.store(false, Ordering::Relaxed);
+            }
+            self.handle(own, cancel).await?;
+        }
         let mut con = self.redis.get().await?;
         let end = outbox::last_id(&mut con, &self.shard.outbox).await?;
         drop(con);

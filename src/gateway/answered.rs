@@ -1,5 +1,5 @@
-//! The highest voucher number this process has answered, per campaign, for the campaigns it
-//! served recently. If Redis loses its data, hydration restarts numbering above it, so the
+//! The highest voucher number this process has given (its redeem script returned it), per
+//! campaign, for the campaigns it served recently. If Redis loses its data, hydration restarts numbering above it, so the
 //! acknowledged numbers that never reached PostgreSQL stay visible as gaps for reconcile.
 //!
 //! Bounded: two generations of at most `GENERATION` campaigns each. When the current one is

@@ -11,9 +11,10 @@
 //! stream's newest entry as it was then: the campaign was found missing from Redis before it
 //! registered, and `redeem.lua` adds no entry for a campaign it does not hold, so its entries
 //! were all in the stream when the scan began. (If another gateway loads the campaign meanwhile,
-//! `hydrate.lua` writes nothing after that load, so what this scan finds is not used.) An entry
-//! that left the stream before the scan reached it was either committed to PostgreSQL first,
-//! which hydration reads after the scan, or dead-lettered: never a redemption PostgreSQL holds.
+//! `hydrate.lua` writes nothing after that load, so what this scan finds is not used; this
+//! assumes the campaign is not lost a second time before this hydration commits.) An entry that
+//! left the stream before the scan reached it was either committed to PostgreSQL first, which
+//! hydration reads after the scan, or dead-lettered: never a redemption PostgreSQL holds.
 
 use std::{
     collections::{HashMap, HashSet},

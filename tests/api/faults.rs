@@ -109,17 +109,16 @@ async fn stall_writers(db: &PgPool, id: CampaignId) -> sqlx::Transaction<'static
     stall
 }
 
-/// Waits until the writers of `instance` hold entries read and not yet stored; returns how many.
+/// Waits until the writers of `instance` hold entries read and not yet stored, and a moment
+/// more for each of them to take a batch; returns how many entries they hold.
 async fn wait_held(redis_url: &str, instance: &str) -> u64 {
     let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let held = pending_with(redis_url, instance).await;
-        if held > 0 {
-            return held;
-        }
+    while pending_with(redis_url, instance).await == 0 {
         assert!(Instant::now() < deadline, "the writers never held entries");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    pending_with(redis_url, instance).await
 }
 
 fn assert_durable_in_time(fault: &str, durable: Duration) {
@@ -466,9 +465,7 @@ async fn two_gateways_one_killed_for_good_the_survivor_claims_its_pending_entrie
     // The doomed gateway dies holding entries it read and had not stored.
     let stall = stall_writers(&db, id).await;
     let instance = doomed.instance();
-    wait_held(&redis.url(), &instance).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let held = pending_with(&redis.url(), &instance).await;
+    let held = wait_held(&redis.url(), &instance).await;
 
     doomed.kill().await;
     let killed = Instant::now();
