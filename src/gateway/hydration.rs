@@ -92,6 +92,11 @@ impl Hydrator {
     /// Loads a campaign into Redis from its outbox entries and PostgreSQL. Safe to run in many
     /// gateways at once: `hydrate.lua` lets the first commit win and the rest write nothing after.
     async fn hydrate(&self, id: CampaignId) -> Result<Presence, GatewayError> {
+        // An unknown id costs one primary-key lookup, whatever the outbox holds: campaigns are
+        // never deleted, so one known now is known for the rest of the hydration.
+        if !store::campaign_exists(&self.db, id).await? {
+            return Ok(Presence::Absent);
+        }
         let keys = self.shards.campaign(id);
         let mut con = self.redis.clone();
         for _ in 0..LOAD_ATTEMPTS {

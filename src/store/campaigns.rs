@@ -40,6 +40,14 @@ pub async fn insert_campaign(
     .await
 }
 
+/// Whether PostgreSQL knows the campaign: one primary-key lookup.
+pub async fn campaign_exists(pool: &PgPool, id: CampaignId) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("select exists (select 1 from campaigns where id = $1)")
+        .bind(id.as_uuid())
+        .fetch_one(pool)
+        .await
+}
+
 pub async fn select_campaign(
     pool: &PgPool,
     id: CampaignId,

@@ -13,7 +13,9 @@ use sqlx::{
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 
-pub use campaigns::{CampaignRow, HOLDERS_CHUNK, HolderPages, insert_campaign, select_campaign};
+pub use campaigns::{
+    CampaignRow, HOLDERS_CHUNK, HolderPages, campaign_exists, insert_campaign, select_campaign,
+};
 pub use redemptions::{BatchSummary, RejectReason, store_batch};
 
 use crate::domain::{Holder, IdempotencyKey, UserId};

@@ -1,7 +1,11 @@
 //! A campaign whose Redis state is gone comes back from PostgreSQL and the outbox, exactly.
 
+use std::time::{Duration, Instant};
+
 use futures::future::join_all;
 use redis::AsyncCommands;
+use reqwest::StatusCode;
+use voucher_gateway::{domain::CampaignId, redis::keys::Shards};
 
 use crate::helpers::{RedisServer, TestApp, private_redis_config, stored};
 
@@ -108,5 +112,76 @@ async fn fifty_concurrent_first_touches_on_two_gateways_hydrate_once_correctly()
         seqs,
         (1..=50).collect::<Vec<_>>(),
         "one hydration: numbering continues without gaps"
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_id_costs_no_outbox_read_however_long_its_shards_backlog() {
+    // No writer: the backlog stays queued, as while PostgreSQL is slow or down.
+    let redis = RedisServer::start();
+    let app = TestApp::spawn_with(private_redis_config(&redis, false)).await;
+    let shards = Shards::new(16);
+    let id = app.create_campaign(10).await;
+    let loaded = shards.of(id);
+    let mut con = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let outbox = app.keys(id).outbox;
+    for chunk in 0..50 {
+        let mut pipe = redis::pipe();
+        for n in 0..1_000 {
+            let entry = format!("{id}\nqueued-{chunk}-{n}\nk\n{}", chunk * 1_000 + n + 1);
+            pipe.cmd("XADD")
+                .arg(&outbox)
+                .arg("*")
+                .arg("r")
+                .arg(entry)
+                .ignore();
+        }
+        let () = pipe.query_async(&mut con).await.unwrap();
+    }
+    let unknown_on = |shard: u16| loop {
+        let candidate = CampaignId::new_random();
+        if shards.of(candidate) == shard {
+            break candidate;
+        }
+    };
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+
+    // Alternating, so that the machine's drift weighs on both alike.
+    let (mut on_backlog, mut elsewhere) = (Duration::ZERO, Duration::ZERO);
+    for _ in 0..100 {
+        for (shard, total) in [
+            (loaded, &mut on_backlog),
+            ((loaded + 1) % 16, &mut elsewhere),
+        ] {
+            let started = Instant::now();
+            let response = app.post_redeem(unknown_on(shard), "u", "k").await;
+            *total += started.elapsed();
+            assert_eq!(response.status(), StatusCode::NOT_FOUND);
+        }
+    }
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert!(
+        !info.contains("cmdstat_xrange"),
+        "an outbox was read:\n{info}"
+    );
+    let ratio = on_backlog.as_secs_f64() / elsewhere.as_secs_f64();
+    assert!(ratio < 2.0, "{ratio:.2}x");
+    eprintln!(
+        "unknown ids: {:.2?} each on the shard with 50,000 entries queued, {:.2?} on an empty \
+         one ({ratio:.2}x); no outbox read",
+        on_backlog / 100,
+        elsewhere / 100
     );
 }
