@@ -2,12 +2,7 @@
 //! HTTP and run the outbox writers (`VG_WRITER_CONSUMERS` supervised loops per shard) until
 //! shutdown, draining both in order. Turns the configuration into each part's settings.
 
-use std::{
-    future::Future,
-    net::SocketAddr,
-    sync::{Arc, OnceLock},
-    time::Duration,
-};
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::{Context, bail};
 use tokio::{
@@ -21,7 +16,10 @@ use crate::{
     config::{DatabaseConfig, ServeConfig},
     gateway::Gateway,
     health::Probe,
-    http::{self, HttpSettings},
+    http::{
+        self, HttpSettings,
+        serve::{self, EdgeSettings},
+    },
     redis::{self as vg_redis, keys::Shards},
     store,
     supervise::{self, Liveness},
@@ -43,6 +41,7 @@ pub fn runtime(threads: u16) -> std::io::Result<Runtime> {
 
 pub struct App {
     listener: TcpListener,
+    edge: EdgeSettings,
     gateway: Arc<Gateway>,
     probe: Arc<Probe>,
     /// Every writer loop, `VG_WRITER_CONSUMERS` per shard.
@@ -58,6 +57,35 @@ pub fn http_settings(config: &ServeConfig) -> HttpSettings {
         api_token: config.api_token.clone(),
         concurrency_limit: config.concurrency_limit as usize,
         request_timeout: config.request_timeout,
+    }
+}
+
+/// The HTTP edge's limits. Raises the open-file limit first: the default connection cap follows
+/// it.
+fn edge_settings(config: &ServeConfig) -> EdgeSettings {
+    let files = match serve::raise_file_limit() {
+        Ok((soft, hard)) => {
+            tracing::info!(soft, hard, "open-file limit");
+            soft
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot read or raise the open-file limit; assuming 1024");
+            1024
+        }
+    };
+    // Room for the pools, the listeners and the log, whatever the connections take.
+    let reserve = 1024;
+    let max_connections = config.max_connections.map_or_else(
+        || files.saturating_sub(reserve).max(64) as usize,
+        |max| max as usize,
+    );
+    tracing::info!(max_connections, "connection cap");
+    EdgeSettings {
+        backlog: config.listen_backlog,
+        max_connections,
+        header_read_timeout: config.header_read_timeout,
+        idle_timeout: config.idle_timeout,
+        max_head_bytes: config.max_request_head_bytes as usize,
     }
 }
 
@@ -151,8 +179,8 @@ impl App {
                 redis_config.redis_pool_size
             );
         }
-        let listener = TcpListener::bind(config.listen)
-            .await
+        let edge = edge_settings(&config);
+        let listener = serve::bind(config.listen, edge.backlog)
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let instance = instance_id(&config, listener.local_addr()?);
         let mut writers = Vec::new();
@@ -180,6 +208,7 @@ impl App {
         tracing::info!(%instance, "writers read as this instance");
         Ok(Self {
             listener,
+            edge,
             gateway,
             probe,
             writers,
@@ -231,28 +260,24 @@ impl App {
         // One deadline from the signal for both: requests in flight, then the writers.
         let timeout = self.config.shutdown_timeout;
         let stopping = CancellationToken::new();
-        let deadline = Arc::new(OnceLock::new());
-        let (stop_signal, set_deadline) = (stopping.clone(), deadline.clone());
-        let server = axum::serve(self.listener, router)
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                let _ = set_deadline.set(Instant::now() + timeout);
-                stop_signal.cancel();
-            })
-            .into_future();
-        let served = tokio::select! {
-            served = server => served.context("HTTP server failed"),
-            // Past the deadline, in-flight requests are abandoned.
-            () = async { stopping.cancelled().await; tokio::time::sleep(timeout).await } => {
-                tracing::warn!("requests still in flight at the shutdown deadline");
-                Ok(())
-            }
+        let server = serve::serve(self.listener, router, self.edge, stopping.clone());
+        let signalled = async {
+            shutdown.await;
+            let deadline = Instant::now() + timeout;
+            stopping.cancel();
+            deadline
         };
+        let mut deadline = None;
+        tokio::select! {
+            () = server => {}
+            // Past the deadline, in-flight requests are abandoned.
+            () = async {
+                deadline = Some(signalled.await);
+                tokio::time::sleep(timeout).await;
+            } => tracing::warn!("requests still in flight at the shutdown deadline"),
+        }
         cancel.cancel();
-        let deadline = deadline
-            .get()
-            .copied()
-            .unwrap_or_else(|| Instant::now() + timeout);
+        let deadline = deadline.unwrap_or_else(|| Instant::now() + timeout);
         if tokio::time::timeout_at(deadline, tasks.wait())
             .await
             .is_err()
@@ -263,7 +288,7 @@ impl App {
         }
         upkeep.abort();
         tracing::info!("stopped");
-        served
+        Ok(())
     }
 }
 

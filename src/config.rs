@@ -30,7 +30,7 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the HTTP API and run the outbox writers.
-    Serve(ServeConfig),
+    Serve(Box<ServeConfig>),
     /// Create the database if missing and apply pending migrations, then exit.
     Migrate(DatabaseConfig),
     /// Compare Redis with PostgreSQL and the outbox, report every difference, optionally repair.
@@ -102,6 +102,24 @@ pub struct ServeConfig {
     /// `GET /ready` fails when the oldest redemption not yet written to PostgreSQL is older.
     #[arg(long, env = "VG_READY_MAX_OUTBOX_LAG", default_value = "30s", value_parser = humantime::parse_duration)]
     pub ready_max_outbox_lag: Duration,
+    /// Connections the kernel queues for the server to accept (capped by `net.core.somaxconn`):
+    /// a flash sale's clients connect in the same instant.
+    #[arg(long, env = "VG_LISTEN_BACKLOG", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    pub listen_backlog: u32,
+    /// Most connections open at once; past it, a new connection is closed as soon as accepted.
+    /// Default: the open-file limit (raised to its hard limit at start) less 1,024.
+    #[arg(long, env = "VG_MAX_CONNECTIONS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: Option<u32>,
+    /// Longest wait for a request's head: from the connection's start, or from the first byte
+    /// of a later request on the connection. Past it the connection is closed.
+    #[arg(long, env = "VG_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_read_timeout: Duration,
+    /// Longest a keep-alive connection may wait between a response and its next request.
+    #[arg(long, env = "VG_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+    /// Largest request head (request line and headers) in bytes; past it the answer is 431.
+    #[arg(long, env = "VG_MAX_REQUEST_HEAD_BYTES", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(1024..=16_777_216))]
+    pub max_request_head_bytes: u32,
     /// Threads that serve requests and run the writers. With one, the default, everything runs on
     /// a single thread: the Redis commands of requests that arrive together go out in one write,
     /// and no thread has to wake another. Where the gateway shares its cores with Redis and

@@ -29,7 +29,7 @@ fn main() -> ExitCode {
 async fn run(command: Command) -> ExitCode {
     let result = match command {
         Command::Reconcile(config) => return reconcile(&config).await,
-        Command::Serve(config) => serve(config).await,
+        Command::Serve(config) => serve(*config).await,
         Command::Migrate(config) => app::prepare_database(&config, true)
             .await
             .map(|_| tracing::info!("migrations applied")),

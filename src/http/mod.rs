@@ -8,6 +8,7 @@ mod guard;
 mod observe;
 mod openapi;
 mod ops;
+pub mod serve;
 
 use std::{sync::Arc, time::Duration};
 

@@ -11,6 +11,9 @@ use crate::redis::scripts::OutboxStats;
 
 pub const HTTP_REQUESTS: &str = "vg_http_requests_total";
 pub const HTTP_DURATION: &str = "vg_http_request_duration_seconds";
+pub const HTTP_CONNECTIONS_OPEN: &str = "vg_http_connections_open";
+pub const HTTP_CONNECTIONS_REFUSED: &str = "vg_http_connections_refused_total";
+pub const HTTP_CONNECTIONS_CLOSED: &str = "vg_http_connections_closed_total";
 pub const REDEEM_SCRIPT_DURATION: &str = "vg_redeem_script_duration_seconds";
 pub const HYDRATIONS: &str = "vg_hydrations_total";
 pub const WRITER_BATCH_SIZE: &str = "vg_writer_batch_size";
@@ -67,6 +70,17 @@ fn describe() {
         HTTP_DURATION,
         Unit::Seconds,
         "HTTP request latency by route and method"
+    );
+    describe_gauge!(HTTP_CONNECTIONS_OPEN, "HTTP connections open now");
+    describe_counter!(
+        HTTP_CONNECTIONS_REFUSED,
+        "HTTP connections closed as soon as accepted: VG_MAX_CONNECTIONS were open"
+    );
+    describe_counter!(
+        HTTP_CONNECTIONS_CLOSED,
+        "HTTP connections the server closed, by reason: header_timeout (a request head not \
+         received within VG_HEADER_READ_TIMEOUT) or idle_timeout (no request within \
+         VG_IDLE_TIMEOUT)"
     );
     describe_histogram!(
         REDEEM_SCRIPT_DURATION,

@@ -4,6 +4,7 @@
 mod bad_input;
 mod concurrency;
 mod contract;
+mod edge;
 mod faults;
 mod helpers;
 mod hydration;

@@ -122,6 +122,10 @@ impl GatewayProcess {
         String::from_utf8(output.stderr).unwrap()
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().and_then(Child::id).expect("running")
+    }
+
     /// The instance name its writers read under, by default: the host name and the port.
     pub fn instance(&self) -> String {
         format!(

@@ -1,0 +1,229 @@
+//! The HTTP edge under hostile clients: connections that never finish their head or never end,
+//! heads too large, more connections than the cap, and a burst of connects at one instant.
+
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+
+use crate::{
+    helpers::{TestApp, database_url, metric, redis_url, test_config},
+    process::{GatewayProcess, signal},
+};
+
+/// A gateway whose heads must arrive within 1 s, and whose connections may idle 3 s.
+async fn strict_app() -> TestApp {
+    let mut config = test_config();
+    config.header_read_timeout = Duration::from_secs(1);
+    config.idle_timeout = Duration::from_secs(3);
+    TestApp::spawn_with(config).await
+}
+
+async fn connect(app: &TestApp) -> TcpStream {
+    TcpStream::connect(app.address.trim_start_matches("http://"))
+        .await
+        .unwrap()
+}
+
+/// Waits until the server closes `stream` (a read sees its end); returns how long that took.
+async fn closed_within(stream: &mut TcpStream, limit: Duration) -> Duration {
+    let started = Instant::now();
+    let mut buffer = [0; 1024];
+    loop {
+        match tokio::time::timeout_at((started + limit).into(), stream.read(&mut buffer)).await {
+            Ok(Ok(0) | Err(_)) => return started.elapsed(),
+            Ok(Ok(_)) => {}
+            Err(_) => panic!("still open after {limit:?}"),
+        }
+    }
+}
+
+/// Sends a request on a kept-alive connection and returns the answer's status line.
+async fn send(stream: &mut TcpStream, method: &str, path: &str, body: &str) -> String {
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut buffer = vec![0; 16 * 1024];
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buffer))
+        .await
+        .expect("an answer")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&buffer[..read]).into_owned();
+    answer.lines().next().unwrap_or_default().to_owned()
+}
+
+async fn get(stream: &mut TcpStream, path: &str) -> String {
+    send(stream, "GET", path, "").await
+}
+
+#[tokio::test]
+async fn heads_that_never_finish_are_closed_within_the_header_timeout() {
+    let app = strict_app().await;
+    let mut silent = Vec::new();
+    let mut dripping = Vec::new();
+    for _ in 0..10 {
+        silent.push(connect(&app).await);
+        let mut stream = connect(&app).await;
+        stream
+            .write_all(b"POST /campaigns/x/redeem HTTP/1.1\r\nhost: t")
+            .await
+            .unwrap();
+        dripping.push(stream);
+    }
+    // One more header byte every 300 ms: never a whole head.
+    let drip = async {
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            for stream in &mut dripping {
+                let _ = stream.write_all(b"x").await;
+            }
+        }
+    };
+    let closed = async {
+        let mut longest = Duration::ZERO;
+        for stream in &mut silent {
+            longest = longest.max(closed_within(stream, Duration::from_secs(3)).await);
+        }
+        longest
+    };
+    let (_, longest) = tokio::join!(drip, closed);
+    for stream in &mut dripping {
+        closed_within(stream, Duration::from_millis(500)).await;
+    }
+    assert!(
+        longest >= Duration::from_millis(900),
+        "closed early: {longest:?}"
+    );
+    // Meanwhile, and after, a normal client is served.
+    let health = app.client.get(app.url("/health")).send().await.unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_kept_alive_connection_may_idle_longer_than_a_head_takes_then_is_closed() {
+    let app = strict_app().await;
+    let mut stream = connect(&app).await;
+    assert_eq!(get(&mut stream, "/health").await, "HTTP/1.1 200 OK");
+    // Idle past the header timeout, within the idle timeout: still open and serving.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(get(&mut stream, "/health").await, "HTTP/1.1 200 OK");
+    let idle = closed_within(&mut stream, Duration::from_secs(5)).await;
+    assert!(
+        idle >= Duration::from_millis(2_900),
+        "closed after {idle:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_head_over_the_limit_is_431_and_counted() {
+    let app = TestApp::spawn().await;
+    let mut stream = connect(&app).await;
+    let big = "x".repeat(70 * 1024);
+    let request = format!("GET /health HTTP/1.1\r\nhost: test\r\nx-big: {big}\r\n\r\n");
+    let _ = stream.write_all(request.as_bytes()).await;
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    // Just under the limit is fine.
+    let fits = "x".repeat(60 * 1024);
+    let response = app
+        .client
+        .get(app.url("/health"))
+        .header("x-big", fits)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let metrics = app.client.get(app.url("/metrics")).send().await.unwrap();
+    let text = metrics.text().await.unwrap();
+    let refused = [("route", "unparsed"), ("status", "431")];
+    assert!(metric(&text, "vg_http_requests_total", &refused) >= 1.0);
+}
+
+#[tokio::test]
+async fn past_the_connection_cap_a_new_connection_is_closed_at_once_and_the_open_ones_serve() {
+    let mut config = test_config();
+    config.max_connections = Some(20);
+    config.header_read_timeout = Duration::from_secs(2);
+    let app = TestApp::spawn_with(config).await;
+    // The test's HTTP client keeps the connection that created the campaign: one open. Then a
+    // client's kept-alive connection, and holders that send nothing, up to the cap.
+    let id = app.create_campaign(10).await;
+    let mut client = connect(&app).await;
+    assert_eq!(get(&mut client, "/health").await, "HTTP/1.1 200 OK");
+    let mut holders = Vec::new();
+    for _ in 0..18 {
+        holders.push(connect(&app).await);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let mut refused = connect(&app).await;
+    let shut = closed_within(&mut refused, Duration::from_secs(1)).await;
+    assert!(shut < Duration::from_millis(500), "took {shut:?}");
+    let redeem = format!("/campaigns/{id}/redeem");
+    let body = r#"{"userId": "u", "idempotencyKey": "k"}"#;
+    assert_eq!(
+        send(&mut client, "POST", &redeem, body).await,
+        "HTTP/1.1 200 OK"
+    );
+    assert_eq!(get(&mut client, "/health").await, "HTTP/1.1 200 OK");
+
+    // The holders' heads time out, and new connections are served again.
+    for holder in &mut holders {
+        closed_within(holder, Duration::from_secs(4)).await;
+    }
+    let health = app.client.get(app.url("/health")).send().await.unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+    let text = app.client.get(app.url("/metrics")).send().await.unwrap();
+    let text = text.text().await.unwrap();
+    assert!(metric(&text, "vg_http_connections_refused_total", &[]) >= 1.0);
+}
+
+/// The kernel's count of connections dropped because a listen queue was full.
+fn listen_overflows() -> u64 {
+    let netstat = std::fs::read_to_string("/proc/net/netstat").unwrap();
+    let mut lines = netstat.lines().filter(|line| line.starts_with("TcpExt:"));
+    let (names, values) = (lines.next().unwrap(), lines.next().unwrap());
+    let column = names
+        .split_whitespace()
+        .position(|name| name == "ListenOverflows")
+        .unwrap();
+    values
+        .split_whitespace()
+        .nth(column)
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_burst_of_a_thousand_connects_overflows_no_listen_queue() {
+    let mut gateway = GatewayProcess::start(&database_url(), &redis_url(), &[]).await;
+    let address = gateway.url.trim_start_matches("http://").to_owned();
+    // The gateway is busy elsewhere (stopped) while the whole burst arrives: only the kernel's
+    // queue holds the connections.
+    signal(gateway.pid(), "STOP");
+    let before = listen_overflows();
+    let connects = (0..1_000).map(|_| {
+        let address = address.clone();
+        tokio::spawn(async move {
+            tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(address)).await
+        })
+    });
+    let streams = futures::future::join_all(connects).await;
+    let overflowed = listen_overflows() - before;
+    signal(gateway.pid(), "CONT");
+    assert_eq!(overflowed, 0);
+    let connected = streams
+        .into_iter()
+        .filter(|stream| matches!(stream, Ok(Ok(Ok(_)))))
+        .count();
+    assert_eq!(connected, 1_000);
+    gateway.terminate(Duration::from_secs(20)).await;
+}
