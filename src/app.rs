@@ -57,6 +57,7 @@ pub fn http_settings(config: &ServeConfig) -> HttpSettings {
         api_token: config.api_token.clone(),
         concurrency_limit: config.concurrency_limit as usize,
         request_timeout: config.request_timeout,
+        body_read_timeout: config.body_read_timeout,
     }
 }
 

@@ -95,10 +95,14 @@ pub struct ServeConfig {
     /// 503 and Retry-After instead of queueing.
     #[arg(long, env = "VG_CONCURRENCY_LIMIT", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub concurrency_limit: u32,
-    /// Longest a campaign API request may take (body read included) before it is answered 503.
-    /// Must be shorter than the shutdown timeout, whose rest is the writers' time to drain.
+    /// Longest a campaign API request may take, once its body is read, before it is answered
+    /// 503. Must be shorter than the shutdown timeout, whose rest is the writers' time to drain.
     #[arg(long, env = "VG_REQUEST_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
+    /// Longest a campaign API request's body may take to arrive, before it is answered 408. The
+    /// body is read before the request takes a place under the concurrency limit.
+    #[arg(long, env = "VG_BODY_READ_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub body_read_timeout: Duration,
     /// `GET /ready` fails when the oldest redemption not yet written to PostgreSQL is older.
     #[arg(long, env = "VG_READY_MAX_OUTBOX_LAG", default_value = "30s", value_parser = humantime::parse_duration)]
     pub ready_max_outbox_lag: Duration,

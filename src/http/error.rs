@@ -22,6 +22,10 @@ pub enum ApiError {
     InvalidCampaignId,
     #[error("the body exceeds {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    #[error("the body did not arrive within {timeout:?}")]
+    BodyTimeout { timeout: std::time::Duration },
+    #[error("the body's transfer coding is not supported: send it as is, or chunked")]
+    TransferCodingNotImplemented,
     #[error("the body must be JSON, sent with Content-Type: application/json")]
     UnsupportedMediaType,
     #[error("{field}: {detail}")]
@@ -55,6 +59,8 @@ impl ApiError {
         match self {
             ApiError::MalformedJson(_) | ApiError::InvalidCampaignId => StatusCode::BAD_REQUEST,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            ApiError::TransferCodingNotImplemented => StatusCode::NOT_IMPLEMENTED,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::InvalidField { .. }
             | ApiError::InvalidBody(_)
@@ -76,6 +82,8 @@ impl ApiError {
             ApiError::MalformedJson(_) => "malformed_json",
             ApiError::InvalidCampaignId => "invalid_campaign_id",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::BodyTimeout { .. } => "body_timeout",
+            ApiError::TransferCodingNotImplemented => "transfer_coding_not_implemented",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::InvalidField { .. } => "invalid_field",
             ApiError::InvalidBody(_) => "invalid_body",
@@ -105,7 +113,7 @@ pub struct Problem<'a> {
     /// What went wrong, for a person.
     detail: String,
     /// What went wrong, for a program: malformed_json, invalid_campaign_id, payload_too_large,
-    /// unsupported_media_type, invalid_field, invalid_body, idempotency_key_mismatch,
+    /// body_timeout, transfer_coding_not_implemented, unsupported_media_type, invalid_field, invalid_body, idempotency_key_mismatch,
     /// unauthorized, campaign_not_found, not_found, method_not_allowed, redis_unavailable,
     /// database_unavailable, overloaded, timeout, internal.
     code: &'static str,

@@ -1,6 +1,6 @@
-//! What stands between a client and the campaign API: bearer tokens, and overload protection.
-//! Overload is refused at once (503 + Retry-After) rather than queued: under a flash sale a
-//! queue only turns into latency and then timeouts for everybody.
+//! What stands between a client and the campaign API: bearer tokens, the body read before any
+//! work, and overload protection. Overload is refused at once (503 + Retry-After) rather than
+//! queued: under a flash sale a queue only turns into latency and then timeouts for everybody.
 
 use std::{
     convert::Infallible,
@@ -12,11 +12,13 @@ use std::{
 };
 
 use axum::{
+    body::Body,
     extract::{Request, State},
-    http::header,
+    http::{header, request::Parts},
     middleware::Next,
     response::{IntoResponse, Response},
 };
+use http_body_util::{BodyExt, LengthLimitError, combinators::Collect};
 use pin_project_lite::pin_project;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -26,7 +28,7 @@ use tokio::{
 };
 use tower::{Layer, Service};
 
-use super::error::ApiError;
+use super::{BODY_LIMIT, error::ApiError};
 
 /// A bearer token that guards some routes, kept as its SHA-256 digest.
 #[derive(Clone)]
@@ -40,15 +42,20 @@ impl Token {
             .map(|value| Self(Sha256::digest(value).to_vec().into()))
     }
 
-    /// Whether an `Authorization` header value carries this token (the scheme name is
-    /// case-insensitive, RFC 9110). Digests of equal length are compared in constant time, so
-    /// the time taken reveals neither how much of a guess was right nor the token's length.
+    /// Whether an `Authorization` header value carries this token: the scheme `Bearer` in any
+    /// case, one or more spaces, the token (RFC 9110). Digests of equal length are compared in
+    /// constant time, so the time taken reveals neither how much of a guess was right nor the
+    /// token's length.
     fn admits(&self, authorization: &[u8]) -> bool {
-        let Some((scheme, presented)) = authorization.split_at_checked(7) else {
+        let Some((scheme, rest)) = authorization.split_at_checked(6) else {
             return false;
         };
+        let presented = rest.trim_ascii_start();
+        if presented.len() == rest.len() {
+            return false;
+        }
         let presented = Sha256::digest(presented);
-        scheme.eq_ignore_ascii_case(b"bearer ") && bool::from(presented.ct_eq(&self.0))
+        scheme.eq_ignore_ascii_case(b"bearer") && bool::from(presented.ct_eq(&self.0))
     }
 }
 
@@ -62,19 +69,24 @@ pub async fn require_token(State(token): State<Token>, request: Request, next: N
     }
 }
 
-/// How many requests may be in flight at once, and how long each may take: the layer of
+/// How a campaign API request is admitted: its body read first (within the body limit and a
+/// body-read timeout of its own), then a concurrency permit taken, then the request timed. A
+/// client that sends its body slowly holds a connection (bounded by the connection cap and the
+/// edge's timeouts), never a permit meant for the Redis and PostgreSQL work. The layer of
 /// [`Limited`].
 #[derive(Clone)]
 pub struct Limits {
     permits: Arc<Semaphore>,
     timeout: Duration,
+    body_timeout: Duration,
 }
 
 impl Limits {
-    pub fn new(concurrency: usize, timeout: Duration) -> Self {
+    pub fn new(concurrency: usize, timeout: Duration, body_timeout: Duration) -> Self {
         Self {
             permits: Arc::new(Semaphore::new(concurrency)),
             timeout,
+            body_timeout,
         }
     }
 }
@@ -90,9 +102,10 @@ impl<S> Layer<S> for Limits {
     }
 }
 
-/// Refuses a request when the limit is reached, and answers 503 when one runs past the timeout.
-/// A redeem cut short may still have been decided; the client's retry with the same idempotency
-/// key gets the decision. A hand-written service, as it wraps every campaign API request.
+/// Reads the body, then refuses the request when the concurrency limit is reached, and answers
+/// 503 when it runs past the timeout. A redeem cut short may still have been decided; the
+/// client's retry with the same idempotency key gets the decision. A hand-written service, as it
+/// wraps every campaign API request.
 #[derive(Clone)]
 pub struct Limited<S> {
     inner: S,
@@ -101,23 +114,44 @@ pub struct Limited<S> {
 
 impl<S> Service<Request> for Limited<S>
 where
-    S: Service<Request, Response = Response, Error = Infallible>,
+    S: Service<Request, Response = Response, Error = Infallible> + Clone,
 {
     type Response = Response;
     type Error = Infallible;
-    type Future = LimitedFuture<S::Future>;
+    type Future = LimitedFuture<S>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        match self.limits.permits.clone().try_acquire_owned() {
-            Ok(permit) => LimitedFuture::Admitted {
-                inner: tokio::time::timeout(self.limits.timeout, self.inner.call(request)),
-                permit,
-            },
-            Err(_) => LimitedFuture::Refused,
+        // hyper decodes `chunked` only; a body in another coding would be read as what it is not.
+        if has_unknown_transfer_coding(request.headers()) {
+            return LimitedFuture::Answered {
+                response: Some(ApiError::TransferCodingNotImplemented.into_response()),
+            };
+        }
+        // A body that cannot be taken is refused before it is waited for (or invited with
+        // `100 Continue`).
+        let declared = request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|length| length.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|length| length > BODY_LIMIT as u64) {
+            return LimitedFuture::Answered {
+                response: Some(ApiError::PayloadTooLarge { limit: BODY_LIMIT }.into_response()),
+            };
+        }
+        let (parts, body) = request.into_parts();
+        let read = http_body_util::Limited::new(body, BODY_LIMIT).collect();
+        // The clone is the one left for the next call: `inner` is the one made ready.
+        let clone = self.inner.clone();
+        let ready = std::mem::replace(&mut self.inner, clone);
+        LimitedFuture::Reading {
+            body: tokio::time::timeout(self.limits.body_timeout, read),
+            parts: Some(parts),
+            inner: Some(ready),
+            limits: self.limits.clone(),
         }
     }
 }
@@ -125,31 +159,100 @@ where
 pin_project! {
     /// The response of a limited request; the permit is returned when it is dropped.
     #[project = LimitedProjection]
-    pub enum LimitedFuture<F> {
+    pub enum LimitedFuture<S>
+    where
+        S: Service<Request>,
+    {
+        Reading {
+            #[pin]
+            body: Timeout<Collect<http_body_util::Limited<Body>>>,
+            parts: Option<Parts>,
+            inner: Option<S>,
+            limits: Limits,
+        },
         Admitted {
             #[pin]
-            inner: Timeout<F>,
+            inner: Timeout<S::Future>,
             permit: OwnedSemaphorePermit,
         },
-        Refused,
+        Answered {
+            response: Option<Response>,
+        },
     }
 }
 
-impl<F> Future for LimitedFuture<F>
+impl<S> Future for LimitedFuture<S>
 where
-    F: Future<Output = Result<Response, Infallible>>,
+    S: Service<Request, Response = Response, Error = Infallible>,
 {
     type Output = Result<Response, Infallible>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let response = match self.project() {
-            LimitedProjection::Admitted { inner, .. } => match ready!(inner.poll(cx)) {
-                Ok(result) => return Poll::Ready(result),
-                Err(_) => ApiError::Timeout.into_response(),
-            },
-            LimitedProjection::Refused => ApiError::Overloaded.into_response(),
-        };
-        Poll::Ready(Ok(response))
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            let next = match self.as_mut().project() {
+                LimitedProjection::Reading {
+                    body,
+                    parts,
+                    inner,
+                    limits,
+                } => {
+                    let body = match ready!(body.poll(cx)) {
+                        Ok(Ok(collected)) => collected.to_bytes(),
+                        Ok(Err(error)) => return Poll::Ready(Ok(body_error(&*error))),
+                        Err(_) => {
+                            let timeout = limits.body_timeout;
+                            return Poll::Ready(Ok(
+                                ApiError::BodyTimeout { timeout }.into_response()
+                            ));
+                        }
+                    };
+                    let parts = parts.take().expect("a body is read once");
+                    let mut inner = inner.take().expect("a body is read once");
+                    let request = Request::from_parts(parts, Body::from(body));
+                    match limits.permits.clone().try_acquire_owned() {
+                        Ok(permit) => LimitedFuture::Admitted {
+                            inner: tokio::time::timeout(limits.timeout, inner.call(request)),
+                            permit,
+                        },
+                        Err(_) => return Poll::Ready(Ok(ApiError::Overloaded.into_response())),
+                    }
+                }
+                LimitedProjection::Admitted { inner, .. } => {
+                    return Poll::Ready(Ok(match ready!(inner.poll(cx)) {
+                        Ok(Ok(response)) => response,
+                        Err(_) => ApiError::Timeout.into_response(),
+                    }));
+                }
+                LimitedProjection::Answered { response } => {
+                    return Poll::Ready(Ok(response.take().expect("answered once")));
+                }
+            };
+            self.set(next);
+        }
+    }
+}
+
+/// Whether the request's body comes in a transfer coding other than `chunked` (RFC 9112 wants
+/// 501 for a coding the server does not understand).
+fn has_unknown_transfer_coding(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .any(|value| {
+            value.to_str().map_or(true, |codings| {
+                codings
+                    .split(',')
+                    .any(|coding| !coding.trim().eq_ignore_ascii_case("chunked"))
+            })
+        })
+}
+
+/// The answer for a body that could not be read: too large, or cut off.
+fn body_error(error: &(dyn std::error::Error + Send + Sync + 'static)) -> Response {
+    if error.is::<LengthLimitError>() {
+        ApiError::PayloadTooLarge { limit: BODY_LIMIT }.into_response()
+    } else {
+        ApiError::MalformedJson(format!("the body could not be read: {error}")).into_response()
     }
 }
 
@@ -161,6 +264,8 @@ mod tests {
     fn only_the_exact_bearer_token_is_admitted() {
         let token = Token::from_setting(Some("s3cret")).unwrap();
         assert!(token.admits(b"Bearer s3cret"));
+        assert!(token.admits(b"Bearer   s3cret"));
+        assert!(!token.admits(b"Bearers3cret"));
         assert!(!token.admits(b"Bearer s3cre"));
         assert!(!token.admits(b"Bearer s3cret "));
         assert!(token.admits(b"bearer s3cret"));

@@ -40,12 +40,18 @@ pub struct HttpSettings {
     pub api_token: Option<SecretString>,
     /// Campaign API requests in flight at once; more are refused with 503.
     pub concurrency_limit: usize,
-    /// Longest a campaign API request may take before it is answered 503.
+    /// Longest a campaign API request may take, once its body is read, before it is answered 503.
     pub request_timeout: Duration,
+    /// Longest a campaign API request's body may take to arrive, before it is answered 408.
+    pub body_read_timeout: Duration,
 }
 
 pub fn router(gateway: Arc<Gateway>, probe: Arc<Probe>, settings: &HttpSettings) -> Router {
-    let limits = Limits::new(settings.concurrency_limit, settings.request_timeout);
+    let limits = Limits::new(
+        settings.concurrency_limit,
+        settings.request_timeout,
+        settings.body_read_timeout,
+    );
     let admin_token = Token::from_setting(exposed(&settings.admin_token));
     if admin_token.is_none() {
         tracing::warn!(

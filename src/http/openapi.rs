@@ -90,19 +90,19 @@ pub struct RedeemProblems;
 
 impl IntoResponses for CreateProblems {
     fn responses() -> BTreeMap<String, RefOr<openapi::Response>> {
-        problems(&[400, 401, 413, 415, 422, UNAVAILABLE])
+        problems(&[400, 401, 408, 413, 415, 422, 501, UNAVAILABLE])
     }
 }
 
 impl IntoResponses for ReadProblems {
     fn responses() -> BTreeMap<String, RefOr<openapi::Response>> {
-        problems(&[400, 404, UNAVAILABLE])
+        problems(&[400, 404, 408, 413, 501, UNAVAILABLE])
     }
 }
 
 impl IntoResponses for RedeemProblems {
     fn responses() -> BTreeMap<String, RefOr<openapi::Response>> {
-        problems(&[400, 401, 404, 413, 415, 422, UNAVAILABLE])
+        problems(&[400, 401, 404, 408, 413, 415, 422, 501, UNAVAILABLE])
     }
 }
 
@@ -147,9 +147,11 @@ fn problem_description(status: u16) -> &'static str {
         }
         401 => "unauthorized: the route's bearer token is configured and was not sent",
         404 => "campaign_not_found",
+        408 => "body_timeout: the declared body did not arrive within VG_BODY_READ_TIMEOUT",
         413 => "payload_too_large: the body exceeds 16 KiB",
         415 => "unsupported_media_type: the body must be sent as application/json",
         422 => "invalid_field, invalid_body or idempotency_key_mismatch",
+        501 => "transfer_coding_not_implemented: a Transfer-Encoding other than chunked",
         UNAVAILABLE => {
             "redis_unavailable, database_unavailable, overloaded or timeout: retry after \
              Retry-After seconds (a redeem with the same idempotency key)"

@@ -1,5 +1,6 @@
 //! The HTTP edge under hostile clients: connections that never finish their head or never end,
-//! heads too large, more connections than the cap, and a burst of connects at one instant.
+//! heads too large, more connections than the cap, a burst of connects at one instant, and
+//! bodies that never arrive.
 
 use std::time::{Duration, Instant};
 
@@ -8,6 +9,8 @@ use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
 };
+
+use voucher_gateway::domain::CampaignId;
 
 use crate::{
     helpers::{TestApp, database_url, metric, redis_url, test_config},
@@ -226,4 +229,127 @@ async fn a_burst_of_a_thousand_connects_overflows_no_listen_queue() {
         .count();
     assert_eq!(connected, 1_000);
     gateway.terminate(Duration::from_secs(20)).await;
+}
+
+/// Opens a redeem whose body never finishes (10 of its 100 declared bytes).
+async fn slow_body(address: &str, id: CampaignId) -> TcpStream {
+    let mut stream = TcpStream::connect(address).await.unwrap();
+    let head = format!(
+        "POST /campaigns/{id}/redeem HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\n\
+         content-length: 100\r\n\r\n{{\"userId\":"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream
+}
+
+/// The first bytes of the answer on `stream`, waiting at most `within`.
+async fn answer(stream: &mut TcpStream, within: Duration) -> String {
+    let mut buffer = vec![0; 4096];
+    let read = tokio::time::timeout(within, stream.read(&mut buffer))
+        .await
+        .expect("an answer")
+        .unwrap_or(0);
+    String::from_utf8_lossy(&buffer[..read]).into_owned()
+}
+
+#[tokio::test]
+async fn a_body_that_never_arrives_is_408_and_holds_no_place_under_the_limit() {
+    let mut config = test_config();
+    config.concurrency_limit = 2;
+    config.body_read_timeout = Duration::from_secs(1);
+    let app = TestApp::spawn_with(config).await;
+    let id = app.create_campaign(10).await;
+    let address = app.address.trim_start_matches("http://");
+    let mut stalled = Vec::new();
+    for _ in 0..5 {
+        stalled.push(slow_body(address, id).await);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Five slow bodies, two places: a normal redeem still gets one.
+    let redeemed = app.redeem(id, "normal", "k").await;
+    assert_eq!(redeemed.outcome(), "REDEEMED", "{}", redeemed.body);
+    for stream in &mut stalled {
+        let answer = answer(stream, Duration::from_secs(3)).await;
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(answer.contains(r#""code":"body_timeout""#), "{answer}");
+    }
+    assert_eq!(app.summary(id).await["redeemed"], 1);
+}
+
+#[tokio::test]
+async fn a_declared_body_over_the_limit_is_413_at_once() {
+    let app = TestApp::spawn().await;
+    let id = app.create_campaign(10).await;
+    let mut stream = connect(&app).await;
+    let head = format!(
+        "POST /campaigns/{id}/redeem HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\n\
+         content-length: 1000000\r\nexpect: 100-continue\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let started = Instant::now();
+    let answer = answer(&mut stream, Duration::from_secs(3)).await;
+    assert!(started.elapsed() < Duration::from_millis(500));
+    // Refused, not invited to send the body first.
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains(r#""code":"payload_too_large""#), "{answer}");
+}
+
+#[tokio::test]
+async fn during_a_flood_of_slow_bodies_normal_redeems_are_answered() {
+    let app = TestApp::spawn().await;
+    let id = app.create_campaign(1_000_000).await;
+    let address = app.address.trim_start_matches("http://").to_owned();
+    // 1,100 slow bodies at about 220 a second, each held until the server gives up on it.
+    let flood = tokio::spawn(async move {
+        let mut held = Vec::new();
+        for _ in 0..1_100 {
+            held.push(slow_body(&address, id).await);
+            tokio::time::sleep(Duration::from_micros(4_500)).await;
+        }
+        held
+    });
+    // The normal clients come once the flood has been on long enough to fill every place,
+    // were slow bodies holding them (5 s of it at 220 a second: 1,100).
+    tokio::time::sleep(Duration::from_millis(4_800)).await;
+    let normal = (0..4).map(|client| {
+        let app = &app;
+        async move {
+            let mut answered = 0;
+            for n in 0..100 {
+                let answer = app.redeem(id, format!("normal-{client}-{n}"), "k").await;
+                answered += usize::from(answer.status == StatusCode::OK);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            answered
+        }
+    });
+    let answered: usize = futures::future::join_all(normal).await.into_iter().sum();
+    let held = flood.await.unwrap();
+    assert!(
+        answered >= 396,
+        "{answered} of 400 normal redeems answered 200"
+    );
+    drop(held);
+}
+
+#[tokio::test]
+async fn a_body_in_a_transfer_coding_other_than_chunked_is_501_and_changes_nothing() {
+    let app = TestApp::spawn().await;
+    let id = app.create_campaign(10).await;
+    let mut stream = connect(&app).await;
+    let body = r#"{"userId":"u","idempotencyKey":"k"}"#;
+    let request = format!(
+        "POST /campaigns/{id}/redeem HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\n\
+         transfer-encoding: gzip, chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let answer = answer(&mut stream, Duration::from_secs(3)).await;
+    assert!(answer.starts_with("HTTP/1.1 501"), "{answer}");
+    assert!(answer.contains("application/problem+json"), "{answer}");
+    assert!(
+        answer.contains(r#""code":"transfer_coding_not_implemented""#),
+        "{answer}"
+    );
+    assert_eq!(app.summary(id).await["redeemed"], 0);
 }
