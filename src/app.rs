@@ -41,6 +41,8 @@ pub fn runtime(threads: u16) -> std::io::Result<Runtime> {
 
 pub struct App {
     listener: TcpListener,
+    /// The operator's endpoints' own listener, with `VG_OPS_LISTEN`.
+    ops_listener: Option<TcpListener>,
     edge: EdgeSettings,
     gateway: Arc<Gateway>,
     probe: Arc<Probe>,
@@ -49,6 +51,9 @@ pub struct App {
     liveness: Arc<Liveness>,
     config: ServeConfig,
 }
+
+/// Connections the operator's own listener takes at once.
+const OPS_CONNECTIONS: usize = 256;
 
 /// The HTTP layer's settings.
 pub fn http_settings(config: &ServeConfig) -> HttpSettings {
@@ -183,6 +188,13 @@ impl App {
         let edge = edge_settings(&config);
         let listener = serve::bind(config.listen, edge.backlog)
             .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let ops_listener = config
+            .ops_listen
+            .map(|address| {
+                serve::bind(address, edge.backlog)
+                    .with_context(|| format!("cannot listen on {address} (VG_OPS_LISTEN)"))
+            })
+            .transpose()?;
         let instance = instance_id(&config, listener.local_addr()?);
         let mut writers = Vec::new();
         for shard in shards.all().filter(|_| consumers > 0) {
@@ -209,6 +221,7 @@ impl App {
         tracing::info!(%instance, "writers read as this instance");
         Ok(Self {
             listener,
+            ops_listener,
             edge,
             gateway,
             probe,
@@ -222,6 +235,16 @@ impl App {
         self.listener
             .local_addr()
             .expect("a bound listener has an address")
+    }
+
+    /// Where the operator's endpoints are served, when on an address of their own.
+    pub fn ops_addr(&self) -> Option<SocketAddr> {
+        let listener = self.ops_listener.as_ref()?;
+        Some(
+            listener
+                .local_addr()
+                .expect("a bound listener has an address"),
+        )
     }
 
     /// Serves until `shutdown` resolves, then stops accepting, finishes requests in flight, and
@@ -257,11 +280,35 @@ impl App {
         tasks.close();
         tracing::info!(%address, shards = self.gateway.shards().count(), "serving");
 
-        let router = http::router(self.gateway, self.probe, &http_settings(&self.config));
+        let settings = http_settings(&self.config);
+        let routers = http::routers(
+            self.gateway,
+            self.probe,
+            &settings,
+            self.ops_listener.is_some(),
+        );
         // One deadline from the signal for both: requests in flight, then the writers.
         let timeout = self.config.shutdown_timeout;
         let stopping = CancellationToken::new();
-        let server = serve::serve(self.listener, router, self.edge, stopping.clone());
+        let ops = routers
+            .ops
+            .zip(self.ops_listener)
+            .map(|(router, listener)| {
+                // A few operators and orchestrators, not the public.
+                let edge = EdgeSettings {
+                    max_connections: OPS_CONNECTIONS.min(self.edge.max_connections),
+                    ..self.edge.clone()
+                };
+                serve::serve(listener, router, edge, stopping.clone())
+            });
+        let public = serve::serve(self.listener, routers.public, self.edge, stopping.clone());
+        let server = async {
+            tokio::join!(public, async {
+                if let Some(ops) = ops {
+                    ops.await;
+                }
+            })
+        };
         let signalled = async {
             shutdown.await;
             let deadline = Instant::now() + timeout;
@@ -270,7 +317,7 @@ impl App {
         };
         let mut deadline = None;
         tokio::select! {
-            () = server => {}
+            _ = server => {}
             // Past the deadline, in-flight requests are abandoned.
             () = async {
                 deadline = Some(signalled.await);

@@ -106,6 +106,10 @@ pub struct ServeConfig {
     /// `GET /ready` fails when the oldest redemption not yet written to PostgreSQL is older.
     #[arg(long, env = "VG_READY_MAX_OUTBOX_LAG", default_value = "30s", value_parser = humantime::parse_duration)]
     pub ready_max_outbox_lag: Duration,
+    /// Serve the operator's endpoints (`/health`, `/ready`, `/metrics`, `/openapi.json`) on this
+    /// address only, such as one inside a cluster's network, instead of on `--listen`.
+    #[arg(long, env = "VG_OPS_LISTEN")]
+    pub ops_listen: Option<SocketAddr>,
     /// Connections the kernel queues for the server to accept (capped by `net.core.somaxconn`):
     /// a flash sale's clients connect in the same instant.
     #[arg(long, env = "VG_LISTEN_BACKLOG", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]

@@ -1,7 +1,8 @@
 //! Readiness: whether this process can do its work now. Redis and PostgreSQL answer, every
 //! migration is applied, every shard has a live writer loop here (when this process writes), and
 //! the outbox writers keep up (the oldest unwritten entry is younger than a bound). The same
-//! outbox figures feed `/metrics`.
+//! outbox figures feed `/metrics`. Both are computed at most once a second and shared by every
+//! caller meanwhile, so a flood of probes costs Redis and PostgreSQL nothing more.
 
 use std::{sync::Arc, time::Duration};
 
@@ -10,6 +11,7 @@ use serde::Serialize;
 use sqlx::PgPool;
 
 use crate::{
+    memo::Memo,
     redis::{
         keys::{self, Shards},
         scripts::{self, OutboxStats},
@@ -20,6 +22,11 @@ use crate::{
 
 /// Longest wait for any one check: a probe must answer even when a server hangs.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long one reading of the checks and of the outbox figures serves every caller.
+const SHARED_FOR: Duration = Duration::from_secs(1);
+
+/// Every shard's outbox figures in shard order, or why they could not be read.
+pub type OutboxFigures = Result<Arc<Vec<OutboxStats>>, String>;
 const OK: &str = "ok";
 const OFF: &str = "off";
 
@@ -30,6 +37,8 @@ pub struct Probe {
     max_lag: Duration,
     /// The writer loops of this process; `None` when it runs none.
     writers: Option<Arc<Liveness>>,
+    readiness: Memo<Readiness>,
+    figures: Memo<OutboxFigures>,
 }
 
 /// The answer of `GET /ready`: each check is "ok" or says what is wrong.
@@ -70,6 +79,8 @@ impl Probe {
             shards,
             max_lag,
             writers,
+            readiness: Memo::new(SHARED_FOR),
+            figures: Memo::new(SHARED_FOR),
         }
     }
 
@@ -77,22 +88,33 @@ impl Probe {
         self.shards
     }
 
-    /// Every shard's outbox figures, in shard order.
-    pub async fn outbox_stats(&self) -> anyhow::Result<Vec<OutboxStats>> {
+    /// Every shard's outbox figures, read at most once a second.
+    pub async fn outbox_stats(&self) -> OutboxFigures {
+        self.figures.get(self.read_outbox_stats()).await
+    }
+
+    async fn read_outbox_stats(&self) -> OutboxFigures {
         let mut con = self.redis.clone();
         let read = async {
             let mut all = Vec::with_capacity(self.shards.count().into());
             for shard in 0..self.shards.count() {
                 all.push(scripts::outbox_stats(&mut con, &keys::outbox(shard)).await?);
             }
-            anyhow::Ok(all)
+            redis::RedisResult::Ok(all)
         };
-        tokio::time::timeout(CHECK_TIMEOUT, read)
-            .await
-            .map_err(|_| anyhow::anyhow!("no answer within {CHECK_TIMEOUT:?}"))?
+        match tokio::time::timeout(CHECK_TIMEOUT, read).await {
+            Ok(Ok(all)) => Ok(Arc::new(all)),
+            Ok(Err(error)) => Err(error.to_string()),
+            Err(_) => Err(format!("no answer within {CHECK_TIMEOUT:?}")),
+        }
     }
 
+    /// Every check, run at most once a second.
     pub async fn readiness(&self) -> Readiness {
+        self.readiness.get(self.check()).await
+    }
+
+    async fn check(&self) -> Readiness {
         let (outbox, (postgres, migrations)) = tokio::join!(self.outbox_check(), self.db_checks());
         let (redis, outbox) = outbox;
         let writers = self.writers_check();
@@ -140,7 +162,7 @@ impl Probe {
                 (OK.to_owned(), outbox)
             }
             Err(error) => (
-                format!("unreachable: {error:#}"),
+                format!("unreachable: {error}"),
                 "unknown: Redis is unreachable".to_owned(),
             ),
         }

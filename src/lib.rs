@@ -9,6 +9,7 @@
 //! - `writer`: the outbox consumer that persists redemptions
 //! - `supervise`: background loops restarted when they fail, and which of them live
 //! - `backoff`: the pauses between retries
+//! - `memo`: values computed at most once per interval, for the operator's endpoints
 //! - `health`: readiness checks
 //! - `reconcile`: comparing Redis with PostgreSQL, and repairing the difference
 //! - `http`: the API
@@ -21,6 +22,7 @@ pub mod domain;
 pub mod gateway;
 pub mod health;
 pub mod http;
+pub mod memo;
 pub mod reconcile;
 pub mod redis;
 pub mod store;

@@ -23,7 +23,7 @@ use secrecy::{ExposeSecret, SecretString};
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 
-use crate::{gateway::Gateway, health::Probe, telemetry};
+use crate::{gateway::Gateway, health::Probe, memo::Memo, telemetry};
 use error::ApiError;
 use guard::{Limits, Token};
 use ops::Ops;
@@ -46,7 +46,37 @@ pub struct HttpSettings {
     pub body_read_timeout: Duration,
 }
 
-pub fn router(gateway: Arc<Gateway>, probe: Arc<Probe>, settings: &HttpSettings) -> Router {
+/// The routers to serve: on one address, or the operator's endpoints on an address of their own.
+pub struct Routers {
+    /// The campaign API, and the operator's endpoints unless they have an address of their own.
+    pub public: Router,
+    /// The operator's endpoints, when they have an address of their own.
+    pub ops: Option<Router>,
+}
+
+/// The API's routers; with `separate_ops`, the operator's endpoints apart.
+pub fn routers(
+    gateway: Arc<Gateway>,
+    probe: Arc<Probe>,
+    settings: &HttpSettings,
+    separate_ops: bool,
+) -> Routers {
+    let api = api_router(gateway, settings);
+    let ops = ops_router(probe);
+    if separate_ops {
+        Routers {
+            public: finished(api),
+            ops: Some(finished(ops)),
+        }
+    } else {
+        Routers {
+            public: finished(api.merge(ops)),
+            ops: None,
+        }
+    }
+}
+
+fn api_router(gateway: Arc<Gateway>, settings: &HttpSettings) -> Router {
     let limits = Limits::new(
         settings.concurrency_limit,
         settings.request_timeout,
@@ -59,7 +89,7 @@ pub fn router(gateway: Arc<Gateway>, probe: Arc<Probe>, settings: &HttpSettings)
         );
     }
     let api_token = Token::from_setting(exposed(&settings.api_token));
-    let api = Router::new()
+    Router::new()
         .route(
             "/campaigns",
             guarded(post(campaigns::create_campaign), admin_token),
@@ -70,8 +100,11 @@ pub fn router(gateway: Arc<Gateway>, probe: Arc<Probe>, settings: &HttpSettings)
             guarded(post(campaigns::redeem_voucher), api_token),
         )
         .route_layer(limits)
-        .with_state(gateway);
-    let ops = Router::new()
+        .with_state(gateway)
+}
+
+fn ops_router(probe: Arc<Probe>) -> Router {
+    Router::new()
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))
         .route("/metrics", get(ops::metrics))
@@ -79,10 +112,19 @@ pub fn router(gateway: Arc<Gateway>, probe: Arc<Probe>, settings: &HttpSettings)
         .with_state(Ops {
             probe,
             metrics: telemetry::metrics::handle(),
-        });
-    // One stack, outermost first, so each route is wrapped once (each `Router::layer` call
-    // would box every route again).
-    api.merge(ops)
+            page: Arc::new(Memo::new(Duration::from_secs(1))),
+        })
+        .route_layer(middleware::from_fn_with_state(
+            ops::Pace::default(),
+            ops::paced,
+        ))
+}
+
+/// The answers for what no route takes, and the stack every request passes: one stack,
+/// outermost first, so each route is wrapped once (each `Router::layer` call would box every
+/// route again).
+fn finished(router: Router) -> Router {
+    router
         .fallback(async || ApiError::NotFound)
         .method_not_allowed_fallback(async || ApiError::MethodNotAllowed)
         .layer(

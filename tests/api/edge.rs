@@ -353,3 +353,67 @@ async fn a_body_in_a_transfer_coding_other_than_chunked_is_501_and_changes_nothi
     );
     assert_eq!(app.summary(id).await["redeemed"], 0);
 }
+
+#[tokio::test]
+async fn the_operators_endpoints_can_have_an_address_of_their_own() {
+    let mut config = test_config();
+    config.ops_listen = Some("127.0.0.1:0".parse().unwrap());
+    let app = TestApp::spawn_with(config).await;
+    let ops = app.ops_address.clone().expect("an operator's address");
+    for path in ["/health", "/ready", "/metrics", "/openapi.json"] {
+        let public = app.client.get(app.url(path)).send().await.unwrap();
+        assert_eq!(public.status(), StatusCode::NOT_FOUND, "{path}");
+        let own = app.client.get(format!("{ops}{path}")).send().await.unwrap();
+        assert_eq!(own.status(), StatusCode::OK, "{path}");
+    }
+    let id = app.create_campaign(5).await;
+    let elsewhere = app
+        .client
+        .get(format!("{ops}/campaigns/{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(elsewhere.status(), StatusCode::NOT_FOUND);
+    assert_eq!(app.summary(id).await["total"], 5);
+}
+
+/// The median of `samples` sequential redeems on `gateway`.
+async fn redeem_p50(gateway: &str, id: CampaignId, round: &str, samples: usize) -> Duration {
+    let client = reqwest::Client::new();
+    let mut latencies = Vec::with_capacity(samples);
+    for n in 0..samples {
+        let started = Instant::now();
+        let response = client
+            .post(format!("{gateway}/campaigns/{id}/redeem"))
+            .json(&serde_json::json!({"userId": format!("{round}-{n}"), "idempotencyKey": "k"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        latencies.push(started.elapsed());
+    }
+    latencies.sort();
+    latencies[samples / 2]
+}
+
+#[tokio::test]
+#[ignore = "a load test: scripts/test runs it on its own, after the others"]
+async fn a_metrics_flood_leaves_redeems_their_latency() {
+    let gateway = GatewayProcess::start(&database_url(), &redis_url(), &[]).await;
+    let id = crate::process::create_campaign(&gateway.url, 1_000_000).await;
+    redeem_p50(&gateway.url, id, "warm", 100).await;
+    let idle = redeem_p50(&gateway.url, id, "idle", 300).await;
+    let mut flood = tokio::process::Command::new("wrk")
+        .args(["-t1", "-c200", "-d8s"])
+        .arg(format!("{}/metrics", gateway.url))
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("wrk is installed");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let flooded = redeem_p50(&gateway.url, id, "flooded", 300).await;
+    flood.kill().await.unwrap();
+    let ratio = flooded.as_secs_f64() / idle.as_secs_f64();
+    eprintln!("redeem p50 {idle:.2?} idle, {flooded:.2?} under a /metrics flood ({ratio:.2}x)");
+    assert!(ratio < 2.0, "{ratio:.2}x");
+}

@@ -49,6 +49,8 @@ pub fn private_redis_config(redis: &RedisServer, writer: bool) -> ServeConfig {
 
 pub struct TestApp {
     pub address: String,
+    /// The operator's endpoints' own address, with `VG_OPS_LISTEN`.
+    pub ops_address: Option<String>,
     pub client: reqwest::Client,
     pub db: PgPool,
     pub redis: redis::aio::MultiplexedConnection,
@@ -81,6 +83,7 @@ impl TestApp {
         let redis_url = config.redis.redis_url.expose().to_owned();
         let app = App::build(config).await.expect("the app builds");
         let address = format!("http://{}", app.local_addr());
+        let ops_address = app.ops_addr().map(|address| format!("http://{address}"));
         let stop = CancellationToken::new();
         let task = tokio::spawn(app.run(stop.clone().cancelled_owned()));
         let db = PgPool::connect(&database_url).await.unwrap();
@@ -91,6 +94,7 @@ impl TestApp {
             .unwrap();
         Self {
             address,
+            ops_address,
             client: reqwest::Client::new(),
             db,
             redis,
