@@ -24,7 +24,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore},
-    time::Timeout,
+    time::{Sleep, Timeout},
 };
 use tower::{Layer, Service};
 
@@ -148,7 +148,8 @@ where
         let clone = self.inner.clone();
         let ready = std::mem::replace(&mut self.inner, clone);
         LimitedFuture::Reading {
-            body: tokio::time::timeout(self.limits.body_timeout, read),
+            body: read,
+            deadline: None,
             parts: Some(parts),
             inner: Some(ready),
             limits: self.limits.clone(),
@@ -165,7 +166,9 @@ pin_project! {
     {
         Reading {
             #[pin]
-            body: Timeout<Collect<http_body_util::Limited<Body>>>,
+            body: Collect<http_body_util::Limited<Body>>,
+            // Started only if the body is not all there at once, as it almost always is.
+            deadline: Option<Pin<Box<Sleep>>>,
             parts: Option<Parts>,
             inner: Option<S>,
             limits: Limits,
@@ -192,18 +195,21 @@ where
             let next = match self.as_mut().project() {
                 LimitedProjection::Reading {
                     body,
+                    deadline,
                     parts,
                     inner,
                     limits,
                 } => {
-                    let body = match ready!(body.poll(cx)) {
-                        Ok(Ok(collected)) => collected.to_bytes(),
-                        Ok(Err(error)) => return Poll::Ready(Ok(body_error(&*error))),
-                        Err(_) => {
+                    let body = match body.poll(cx) {
+                        Poll::Ready(Ok(collected)) => collected.to_bytes(),
+                        Poll::Ready(Err(error)) => return Poll::Ready(Ok(body_error(&*error))),
+                        Poll::Pending => {
                             let timeout = limits.body_timeout;
-                            return Poll::Ready(Ok(
-                                ApiError::BodyTimeout { timeout }.into_response()
-                            ));
+                            let deadline = deadline
+                                .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                            ready!(deadline.as_mut().poll(cx));
+                            let timed_out = ApiError::BodyTimeout { timeout };
+                            return Poll::Ready(Ok(timed_out.into_response()));
                         }
                     };
                     let parts = parts.take().expect("a body is read once");

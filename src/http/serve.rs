@@ -139,12 +139,12 @@ impl Connection {
         });
         let (router, watched) = (self.router, activity.clone());
         let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-            watched.set(BUSY);
+            watched.busy();
             let response = router.clone().oneshot(request.map(Body::new));
             let watched = watched.clone();
             async move {
                 let response: Result<_, Infallible> = response.await;
-                watched.set(IDLE);
+                watched.wait_from_now(IDLE);
                 response
             }
         });
@@ -222,15 +222,21 @@ impl Default for Activity {
 }
 
 impl Activity {
-    fn set(&self, state: u8) {
+    /// Now waiting for a head, or for the next request, from now.
+    fn wait_from_now(&self, state: u8) {
         self.since.store(now_ms(), Ordering::Relaxed);
         self.state.store(state, Ordering::Release);
+    }
+
+    /// The router has the request: no deadline of this connection's runs meanwhile.
+    fn busy(&self) {
+        self.state.store(BUSY, Ordering::Release);
     }
 
     /// Bytes arrived: an idle connection now waits for the rest of a head.
     fn read(&self) {
         if self.state.load(Ordering::Relaxed) == IDLE {
-            self.set(HEAD);
+            self.wait_from_now(HEAD);
         }
     }
 
