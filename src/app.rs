@@ -52,6 +52,9 @@ pub struct App {
     config: ServeConfig,
 }
 
+/// The most connections open at once by default, whatever the open-file limit.
+const DEFAULT_MAX_CONNECTIONS: u64 = 65_536;
+
 /// Connections the operator's own listener takes at once.
 const OPS_CONNECTIONS: usize = 256;
 
@@ -79,12 +82,23 @@ fn edge_settings(config: &ServeConfig) -> EdgeSettings {
             1024
         }
     };
-    // Room for the pools, the listeners and the log, whatever the connections take.
+    // Room for the pools, the listeners and the log, whatever the connections take; and a
+    // bound on the memory slow clients can hold (a head's buffer each) where the file limit
+    // is in the millions.
     let reserve = 1024;
-    let max_connections = config.max_connections.map_or_else(
-        || files.saturating_sub(reserve).max(64) as usize,
-        |max| max as usize,
-    );
+    let room = files.saturating_sub(reserve).max(64);
+    let max_connections = match config.max_connections {
+        None => room.min(DEFAULT_MAX_CONNECTIONS),
+        Some(max) if u64::from(max) > room => {
+            tracing::warn!(
+                max,
+                room,
+                "VG_MAX_CONNECTIONS is over what the open-file limit leaves; using the latter"
+            );
+            room
+        }
+        Some(max) => max.into(),
+    } as usize;
     tracing::info!(max_connections, "connection cap");
     EdgeSettings {
         backlog: config.listen_backlog,

@@ -126,7 +126,7 @@ pub struct ServeConfig {
     #[arg(long, env = "VG_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,
     /// Largest request head (request line and headers) in bytes; past it the answer is 431.
-    #[arg(long, env = "VG_MAX_REQUEST_HEAD_BYTES", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(1024..=16_777_216))]
+    #[arg(long, env = "VG_MAX_REQUEST_HEAD_BYTES", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(1024..=1_048_576))]
     pub max_request_head_bytes: u32,
     /// Threads that serve requests and run the writers. With one, the default, everything runs on
     /// a single thread: the Redis commands of requests that arrive together go out in one write,
@@ -216,6 +216,24 @@ impl ServeConfig {
                 self.request_timeout,
                 self.shutdown_timeout
             );
+        }
+        if self.body_read_timeout + self.request_timeout >= self.shutdown_timeout {
+            anyhow::bail!(
+                "VG_BODY_READ_TIMEOUT ({:?}) and VG_REQUEST_TIMEOUT ({:?}) together must be \
+                 shorter than VG_SHUTDOWN_TIMEOUT ({:?}): a request may take both",
+                self.body_read_timeout,
+                self.request_timeout,
+                self.shutdown_timeout
+            );
+        }
+        for (name, timeout) in [
+            ("VG_HEADER_READ_TIMEOUT", self.header_read_timeout),
+            ("VG_IDLE_TIMEOUT", self.idle_timeout),
+            ("VG_BODY_READ_TIMEOUT", self.body_read_timeout),
+        ] {
+            if timeout.is_zero() {
+                anyhow::bail!("{name} must be longer than zero");
+            }
         }
         let writer = &self.writer;
         if writer.claim_idle_timeout < self.redis.redis_timeout * 2 {

@@ -19,12 +19,13 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use http_body_util::{BodyExt, LengthLimitError, combinators::Collect};
+use hyper::body::Body as _;
 use pin_project_lite::pin_project;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore},
-    time::{Sleep, Timeout},
+    time::{Instant, Sleep},
 };
 use tower::{Layer, Service};
 
@@ -125,33 +126,30 @@ where
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
+        // One timer per request: the body's deadline first, then the request's.
+        let timer = tokio::time::sleep(self.limits.body_timeout);
         // hyper decodes `chunked` only; a body in another coding would be read as what it is not.
         if has_unknown_transfer_coding(request.headers()) {
-            return LimitedFuture::Answered {
-                response: Some(ApiError::TransferCodingNotImplemented.into_response()),
-            };
+            let unknown = ApiError::TransferCodingNotImplemented;
+            return LimitedFuture::answered(timer, &self.limits, unknown);
         }
         // A body that cannot be taken is refused before it is waited for (or invited with
-        // `100 Continue`).
-        let declared = request
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|length| length.to_str().ok()?.parse::<u64>().ok());
-        if declared.is_some_and(|length| length > BODY_LIMIT as u64) {
-            return LimitedFuture::Answered {
-                response: Some(ApiError::PayloadTooLarge { limit: BODY_LIMIT }.into_response()),
-            };
+        // `100 Continue`): hyper knows its declared length.
+        if request.body().size_hint().lower() > BODY_LIMIT as u64 {
+            let too_large = ApiError::PayloadTooLarge { limit: BODY_LIMIT };
+            return LimitedFuture::answered(timer, &self.limits, too_large);
         }
         let (parts, body) = request.into_parts();
-        let read = http_body_util::Limited::new(body, BODY_LIMIT).collect();
         // The clone is the one left for the next call: `inner` is the one made ready.
         let clone = self.inner.clone();
         let ready = std::mem::replace(&mut self.inner, clone);
-        LimitedFuture::Reading {
-            body: read,
-            deadline: None,
-            parts: Some(parts),
-            inner: Some(ready),
+        LimitedFuture {
+            timer,
+            stage: Stage::Reading {
+                body: http_body_util::Limited::new(body, BODY_LIMIT).collect(),
+                parts: Some(parts),
+                inner: Some(ready),
+            },
             limits: self.limits.clone(),
         }
     }
@@ -159,28 +157,50 @@ where
 
 pin_project! {
     /// The response of a limited request; the permit is returned when it is dropped.
-    #[project = LimitedProjection]
-    pub enum LimitedFuture<S>
+    pub struct LimitedFuture<S>
+    where
+        S: Service<Request>,
+    {
+        #[pin]
+        timer: Sleep,
+        #[pin]
+        stage: Stage<S>,
+        limits: Limits,
+    }
+}
+
+pin_project! {
+    #[project = StageProjection]
+    enum Stage<S>
     where
         S: Service<Request>,
     {
         Reading {
             #[pin]
             body: Collect<http_body_util::Limited<Body>>,
-            // Started only if the body is not all there at once, as it almost always is.
-            deadline: Option<Pin<Box<Sleep>>>,
             parts: Option<Parts>,
             inner: Option<S>,
-            limits: Limits,
         },
         Admitted {
             #[pin]
-            inner: Timeout<S::Future>,
+            inner: S::Future,
             permit: OwnedSemaphorePermit,
         },
         Answered {
             response: Option<Response>,
         },
+    }
+}
+
+impl<S: Service<Request>> LimitedFuture<S> {
+    fn answered(timer: Sleep, limits: &Limits, error: ApiError) -> Self {
+        Self {
+            timer,
+            stage: Stage::Answered {
+                response: Some(error.into_response()),
+            },
+            limits: limits.clone(),
+        }
     }
 }
 
@@ -190,50 +210,46 @@ where
 {
     type Output = Result<Response, Infallible>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
         loop {
-            let next = match self.as_mut().project() {
-                LimitedProjection::Reading {
-                    body,
-                    deadline,
-                    parts,
-                    inner,
-                    limits,
-                } => {
+            let next = match this.stage.as_mut().project() {
+                StageProjection::Reading { body, parts, inner } => {
                     let body = match body.poll(cx) {
                         Poll::Ready(Ok(collected)) => collected.to_bytes(),
                         Poll::Ready(Err(error)) => return Poll::Ready(Ok(body_error(&*error))),
                         Poll::Pending => {
-                            let timeout = limits.body_timeout;
-                            let deadline = deadline
-                                .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-                            ready!(deadline.as_mut().poll(cx));
+                            ready!(this.timer.as_mut().poll(cx));
+                            let timeout = this.limits.body_timeout;
                             let timed_out = ApiError::BodyTimeout { timeout };
                             return Poll::Ready(Ok(timed_out.into_response()));
                         }
                     };
                     let parts = parts.take().expect("a body is read once");
                     let mut inner = inner.take().expect("a body is read once");
+                    let Ok(permit) = this.limits.permits.clone().try_acquire_owned() else {
+                        return Poll::Ready(Ok(ApiError::Overloaded.into_response()));
+                    };
+                    let deadline = Instant::now() + this.limits.timeout;
+                    this.timer.as_mut().reset(deadline);
                     let request = Request::from_parts(parts, Body::from(body));
-                    match limits.permits.clone().try_acquire_owned() {
-                        Ok(permit) => LimitedFuture::Admitted {
-                            inner: tokio::time::timeout(limits.timeout, inner.call(request)),
-                            permit,
-                        },
-                        Err(_) => return Poll::Ready(Ok(ApiError::Overloaded.into_response())),
+                    Stage::Admitted {
+                        inner: inner.call(request),
+                        permit,
                     }
                 }
-                LimitedProjection::Admitted { inner, .. } => {
-                    return Poll::Ready(Ok(match ready!(inner.poll(cx)) {
-                        Ok(Ok(response)) => response,
-                        Err(_) => ApiError::Timeout.into_response(),
-                    }));
+                StageProjection::Admitted { inner, .. } => {
+                    if let Poll::Ready(Ok(response)) = inner.poll(cx) {
+                        return Poll::Ready(Ok(response));
+                    }
+                    ready!(this.timer.as_mut().poll(cx));
+                    return Poll::Ready(Ok(ApiError::Timeout.into_response()));
                 }
-                LimitedProjection::Answered { response } => {
+                StageProjection::Answered { response } => {
                     return Poll::Ready(Ok(response.take().expect("answered once")));
                 }
             };
-            self.set(next);
+            this.stage.set(next);
         }
     }
 }

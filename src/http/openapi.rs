@@ -43,7 +43,10 @@ static DOCUMENT: LazyLock<String> = LazyLock::new(|| {
 
 /// This document.
 #[utoipa::path(get, path = "/openapi.json", tag = "operations",
-    responses((status = 200, description = "The OpenAPI 3.1 document", content_type = "application/json", body = Object)))]
+    responses(
+        (status = 200, description = "The OpenAPI 3.1 document", content_type = "application/json", body = Object),
+        (status = 503, description = "overloaded: 256 operator requests wait already", content_type = "application/problem+json", body = Problem),
+    ))]
 pub async fn openapi_json() -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "application/json")],

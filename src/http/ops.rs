@@ -1,11 +1,15 @@
 //! The operator's endpoints: liveness, readiness and metrics. They bypass the concurrency limit
 //! and the tokens, so an overloaded gateway still tells its orchestrator what is going on. What
-//! they compute is computed at most once a second, and they answer at most `OPS_RATE` requests
-//! a second in all (the rest wait their turn), so a flood of them costs the gateway little and
-//! its clients nothing: orchestrators and scrapers ask a few times a second.
+//! they compute is computed at most once a second, and they answer at most 1,000 requests a
+//! second in all (the rest wait their turn), so a flood of them costs the gateway little and
+//! its clients nothing: orchestrators and scrapers ask a few times a second. `/health`, which
+//! computes nothing, is never paced: a liveness probe must not wait behind a flood.
 
 use std::{
-    sync::{Arc, Mutex},
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
@@ -18,33 +22,72 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::time::Instant;
+use tokio::{sync::Semaphore, time::Instant};
 
+use super::error::{ApiError, Problem};
 use crate::{
     health::{Probe, Readiness},
     memo::Memo,
     telemetry::metrics,
 };
 
-/// Requests a second the operator's endpoints answer, in all.
-const OPS_RATE: u32 = 1_000;
+/// How the operator's endpoints but `/health` are paced: `AT_ONCE` requests at a time, each
+/// holding its turn at least `HOLD` (so at most 1,000 a second in all), up to `WAITING` more
+/// waiting for a turn in order; past that, 503 `overloaded` at once. A flood from many
+/// connections then waits rather than spinning the gateway, and a request that gives up leaves
+/// the queue.
+const AT_ONCE: usize = 4;
+const HOLD: Duration = Duration::from_millis(4);
+const WAITING: usize = 256;
 
-/// Paces the operator's endpoints: each request waits for the next of `OPS_RATE` turns a second.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Pace {
-    next: Arc<Mutex<Option<Instant>>>,
+    turns: Arc<Semaphore>,
+    waiting: Arc<AtomicUsize>,
+}
+
+impl Default for Pace {
+    fn default() -> Self {
+        Self {
+            turns: Arc::new(Semaphore::new(AT_ONCE)),
+            waiting: Arc::default(),
+        }
+    }
 }
 
 pub async fn paced(State(pace): State<Pace>, request: Request, next: Next) -> Response {
-    let turn = {
-        let mut slot = pace.next.lock().expect("never poisoned");
-        let now = Instant::now();
-        let turn = slot.map_or(now, |next| next.max(now));
-        *slot = Some(turn + Duration::from_secs(1) / OPS_RATE);
-        turn
+    let Some(waiting) = Waiting::enter(&pace.waiting) else {
+        return ApiError::Overloaded.into_response();
     };
-    tokio::time::sleep_until(turn).await;
-    next.run(request).await
+    let _turn = pace
+        .turns
+        .acquire()
+        .await
+        .expect("the turns are never closed");
+    drop(waiting);
+    let started = Instant::now();
+    let response = next.run(request).await;
+    tokio::time::sleep_until(started + HOLD).await;
+    response
+}
+
+/// A request counted among those waiting for a turn, until it gets one or gives up.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn enter(waiting: &'a AtomicUsize) -> Option<Self> {
+        if waiting.fetch_add(1, Ordering::Relaxed) >= WAITING {
+            waiting.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(Self(waiting))
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 #[derive(Clone)]
@@ -66,7 +109,8 @@ pub async fn health() -> Json<serde_json::Value> {
 #[utoipa::path(get, path = "/ready", tag = "operations",
     responses(
         (status = 200, description = "Every check passes", body = Readiness),
-        (status = 503, description = "A check fails; its value says why", body = Readiness),
+        (status = 503, description = "A check fails; its value says why (or overloaded: 256 operator requests wait already)",
+            content((Readiness = "application/json"), (Problem = "application/problem+json"))),
     ))]
 pub async fn ready(State(ops): State<Ops>) -> Response {
     let readiness = ops.probe.readiness().await;
@@ -81,7 +125,10 @@ pub async fn ready(State(ops): State<Ops>) -> Response {
 /// Prometheus metrics. The outbox figures are measured when scraped; the rest accumulates. One
 /// rendering serves every scrape within a second.
 #[utoipa::path(get, path = "/metrics", tag = "operations",
-    responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)))]
+    responses(
+        (status = 200, description = "Prometheus text format", content_type = "text/plain", body = String),
+        (status = 503, description = "overloaded: 256 operator requests wait already", content_type = "application/problem+json", body = Problem),
+    ))]
 pub async fn metrics(State(ops): State<Ops>) -> Response {
     let page = ops.page.get(render(&ops)).await;
     (

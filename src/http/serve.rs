@@ -93,9 +93,10 @@ pub async fn serve(
             () = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
+                // A connection reset or aborted while queued: only that one is lost.
+                Err(error) if !is_exhaustion(&error) => continue,
                 Err(error) => {
-                    // Out of file descriptors, or a connection reset while queued: pause
-                    // rather than spin.
+                    // Out of file descriptors or memory: pause rather than spin.
                     tracing::warn!(%error, "accepting a connection failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
@@ -120,6 +121,15 @@ pub async fn serve(
     connections.wait().await;
 }
 
+/// Whether an `accept` error is the process or the system out of something (EMFILE, ENFILE,
+/// ENOBUFS, ENOMEM), rather than about the one connection.
+fn is_exhaustion(error: &io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
 /// One accepted connection and what it needs.
 struct Connection {
     router: Router,
@@ -131,7 +141,7 @@ struct Connection {
 
 impl Connection {
     async fn run(self, stream: TcpStream) {
-        gauge!(HTTP_CONNECTIONS_OPEN).increment(1.0);
+        let _open = Open::counted();
         let activity = Arc::new(Activity::default());
         let io = TokioIo::new(Watched {
             inner: stream,
@@ -153,6 +163,8 @@ impl Connection {
                 .timer(TokioTimer::new())
                 .header_read_timeout(None)
                 .max_header_size(self.settings.max_head_bytes)
+                // What a slow head can make hyper buffer, on top of the head limit itself.
+                .max_buf_size(self.settings.max_head_bytes.max(8192))
                 .serve_connection(io, service)
         );
         let mut draining = false;
@@ -160,6 +172,10 @@ impl Connection {
             tokio::select! {
                 ended = conn.as_mut() => break ended,
                 () = self.stop.cancelled(), if !draining => {
+                    // Only a connection the router is working for has a request to finish.
+                    if !activity.is_busy() {
+                        break Ok(());
+                    }
                     conn.as_mut().graceful_shutdown();
                     draining = true;
                 }
@@ -172,13 +188,32 @@ impl Connection {
         if let Err(error) = ended {
             count_refused_request(&error);
         }
+    }
+}
+
+/// A connection counted in `vg_http_connections_open` while it lives, however its task ends.
+struct Open;
+
+impl Open {
+    fn counted() -> Self {
+        gauge!(HTTP_CONNECTIONS_OPEN).increment(1.0);
+        Self
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
         gauge!(HTTP_CONNECTIONS_OPEN).decrement(1.0);
     }
 }
 
-/// A request hyper refused before it reached the router: it answered 400, 414 or 431 itself.
+/// A request hyper refused before it reached the router: it answered 400, 414 or 431 itself
+/// (414 only for a URI over hyper's own limit that still fits the head limit). An HTTP/2 preface
+/// gets no answer, so it is not counted as one.
 fn count_refused_request(error: &hyper::Error) {
-    let (status, outcome) = if error.is_parse_too_large() {
+    let (status, outcome) = if error.is_parse_version_h2() {
+        return;
+    } else if error.is_parse_too_large() {
         if error.to_string().contains("URI") {
             ("414", "uri_too_long")
         } else {
@@ -233,6 +268,10 @@ impl Activity {
         self.state.store(BUSY, Ordering::Release);
     }
 
+    fn is_busy(&self) -> bool {
+        self.state.load(Ordering::Acquire) == BUSY
+    }
+
     /// Bytes arrived: an idle connection now waits for the rest of a head.
     fn read(&self) {
         if self.state.load(Ordering::Relaxed) == IDLE {
@@ -241,27 +280,27 @@ impl Activity {
     }
 
     /// Resolves when the connection has waited too long for a head or for its next request;
-    /// says which.
+    /// says which. Nothing wakes it when the state changes (that would cost every request a
+    /// wake-up): it looks again at least every half header timeout, so a head that begins while
+    /// it sleeps is seen before its deadline, and the connection closed on it.
     async fn expired(&self, settings: &EdgeSettings) -> &'static str {
+        let look_again = settings.header_read_timeout.as_millis() as u64 / 2;
         loop {
             let state = self.state.load(Ordering::Acquire);
             let since = self.since.load(Ordering::Relaxed);
             let (limit, reason) = match state {
                 HEAD => (settings.header_read_timeout, "header_timeout"),
                 IDLE => (settings.idle_timeout, "idle_timeout"),
-                // Busy: the request timeout bounds the router; look again later.
-                _ => (settings.idle_timeout, ""),
+                // Busy: the request timeout bounds the router.
+                _ => (Duration::MAX, ""),
             };
-            let left = (since + limit.as_millis() as u64).saturating_sub(now_ms());
-            if state != BUSY && left == 0 {
+            let limit = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
+            let deadline = since.saturating_add(limit);
+            let left = deadline.saturating_sub(now_ms());
+            if left == 0 {
                 return reason;
             }
-            let wait = if state == BUSY {
-                limit.as_millis() as u64
-            } else {
-                left
-            };
-            tokio::time::sleep(Duration::from_millis(wait)).await;
+            tokio::time::sleep(Duration::from_millis(left.min(look_again).max(1))).await;
         }
     }
 }
