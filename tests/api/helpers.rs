@@ -236,6 +236,38 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
+/// Appends outbox entries as `redeem.lua` writes them: (campaign, user, voucher number), key `k`.
+pub async fn queue_entries(
+    con: &mut redis::aio::MultiplexedConnection,
+    entries: impl IntoIterator<Item = (CampaignId, String, usize)>,
+) {
+    let shards = Shards::new(16);
+    let mut pipe = redis::pipe();
+    for (campaign, user, seq) in entries {
+        let outbox = shards.campaign(campaign).outbox;
+        let entry = format!("{campaign}\n{user}\nk\n{seq}");
+        pipe.cmd("XADD")
+            .arg(outbox)
+            .arg("*")
+            .arg("r")
+            .arg(entry)
+            .ignore();
+    }
+    let () = pipe.query_async(con).await.unwrap();
+}
+
+/// Takes an exclusive lock on the campaigns table of `database`: every query of it waits until
+/// the transaction ends.
+pub async fn lock_campaigns(database: &str) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let db = PgPool::connect(database).await.unwrap();
+    let mut lock = db.begin().await.unwrap();
+    sqlx::query("lock table campaigns in access exclusive mode")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    lock
+}
+
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

@@ -7,7 +7,7 @@ use redis::AsyncCommands;
 use reqwest::StatusCode;
 use voucher_gateway::{domain::CampaignId, redis::keys::Shards};
 
-use crate::helpers::{RedisServer, TestApp, private_redis_config, stored};
+use crate::helpers::{RedisServer, TestApp, private_redis_config, queue_entries, stored};
 
 async fn forget(app: &TestApp, id: voucher_gateway::domain::CampaignId) {
     let keys = app.keys(id);
@@ -128,19 +128,10 @@ async fn an_unknown_id_costs_no_outbox_read_however_long_its_shards_backlog() {
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    let outbox = app.keys(id).outbox;
     for chunk in 0..50 {
-        let mut pipe = redis::pipe();
-        for n in 0..1_000 {
-            let entry = format!("{id}\nqueued-{chunk}-{n}\nk\n{}", chunk * 1_000 + n + 1);
-            pipe.cmd("XADD")
-                .arg(&outbox)
-                .arg("*")
-                .arg("r")
-                .arg(entry)
-                .ignore();
-        }
-        let () = pipe.query_async(&mut con).await.unwrap();
+        let entries =
+            (0..1_000).map(|n| (id, format!("queued-{chunk}-{n}"), chunk * 1_000 + n + 1));
+        queue_entries(&mut con, entries).await;
     }
     let unknown_on = |shard: u16| loop {
         let candidate = CampaignId::new_random();

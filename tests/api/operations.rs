@@ -15,8 +15,8 @@ use voucher_gateway::{health::Probe, redis::keys::Shards, supervise::Liveness};
 
 use crate::{
     helpers::{
-        RedisServer, TestApp, database_url, free_port, metric, private_redis_config, redis_url,
-        test_config,
+        RedisServer, TestApp, database_url, free_port, lock_campaigns, metric,
+        private_redis_config, redis_url, test_config,
     },
     load::Load,
     process::{GatewayProcess, create_campaign, private_database, signal},
@@ -349,12 +349,7 @@ async fn overload_is_refused_at_once_and_slow_requests_time_out() {
     let keys = app.keys(cold);
     let mut con = app.redis.clone();
     let _: () = con.del(&[&keys.campaign, &keys.users]).await.unwrap();
-    let db = PgPool::connect(&database).await.unwrap();
-    let mut lock = db.begin().await.unwrap();
-    sqlx::query("lock table campaigns in access exclusive mode")
-        .execute(&mut *lock)
-        .await
-        .unwrap();
+    let lock = lock_campaigns(&database).await;
     let stalled: Vec<_> = (0..2)
         .map(|_| {
             tokio::spawn(
@@ -420,12 +415,7 @@ async fn a_stalled_redis_or_postgres_answers_503_within_its_timeout() {
     assert!(waited < Duration::from_secs(3), "took {waited:?}");
 
     // A table lock stalls campaign creation in PostgreSQL.
-    let db = PgPool::connect(&database).await.unwrap();
-    let mut lock = db.begin().await.unwrap();
-    sqlx::query("lock table campaigns in access exclusive mode")
-        .execute(&mut *lock)
-        .await
-        .unwrap();
+    let lock = lock_campaigns(&database).await;
     let started = Instant::now();
     let stalled = app
         .client

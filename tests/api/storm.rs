@@ -18,7 +18,7 @@ use uuid::Uuid;
 use voucher_gateway::{domain::CampaignId, redis::keys::Shards};
 
 use crate::{
-    helpers::RedisServer,
+    helpers::{RedisServer, queue_entries},
     process::{GatewayProcess, private_database},
 };
 
@@ -223,20 +223,11 @@ async fn a_cold_redis_under_load_answers_every_request_and_folds_in_the_backlog(
     // And a deeper backlog: more grants of every campaign, queued as redeem.lua queues them.
     let shards = Shards::new(16);
     for chunk in campaigns.chunks(1_000) {
-        let mut pipe = redis::pipe();
-        for campaign in chunk {
-            let outbox = shards.campaign(CampaignId::from(*campaign)).outbox;
-            for n in 1..=QUEUED_MORE {
-                let entry = format!("{campaign}\nbacklog-{n}\nk\n{}", 100 + n);
-                pipe.cmd("XADD")
-                    .arg(&outbox)
-                    .arg("*")
-                    .arg("r")
-                    .arg(entry)
-                    .ignore();
-            }
-        }
-        let () = pipe.query_async(&mut con).await.unwrap();
+        let entries = chunk.iter().flat_map(|campaign| {
+            (1..=QUEUED_MORE)
+                .map(|n| (CampaignId::from(*campaign), format!("backlog-{n}"), 100 + n))
+        });
+        queue_entries(&mut con, entries).await;
     }
     let mut backlog = 0;
     for outbox in shards.outboxes() {
