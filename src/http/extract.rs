@@ -6,11 +6,11 @@ use std::convert::Infallible;
 use axum::{
     body::Bytes,
     extract::{FromRequest, FromRequestParts, Path, Request},
-    http::{HeaderName, HeaderValue, StatusCode, header, request::Parts},
+    http::{HeaderName, HeaderValue, header, request::Parts},
 };
 use serde::de::DeserializeOwned;
 
-use super::{BODY_LIMIT, error::ApiError};
+use super::error::ApiError;
 use crate::domain::CampaignId;
 
 /// A JSON body: `application/json` (or `+json`) content type, at most `BODY_LIMIT` bytes, parsed
@@ -28,13 +28,10 @@ where
         if !is_json(req.headers().get(header::CONTENT_TYPE)) {
             return Err(ApiError::UnsupportedMediaType);
         }
-        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge { limit: BODY_LIMIT }
-            } else {
-                ApiError::MalformedJson(rejection.body_text())
-            }
-        })?;
+        // Read already, and bounded, before the request was admitted (`guard::Limited`).
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|rejection| ApiError::MalformedJson(rejection.body_text()))?;
         // serde would take a JSON array for a struct, field by position: only objects are bodies.
         if bytes.trim_ascii_start().first() != Some(&b'{') {
             return Err(

@@ -13,9 +13,7 @@ pub mod serve;
 use std::{sync::Arc, time::Duration};
 
 use axum::{
-    Router,
-    extract::DefaultBodyLimit,
-    middleware,
+    Router, middleware,
     response::{IntoResponse, Response},
     routing::{MethodRouter, get, post},
 };
@@ -131,8 +129,7 @@ fn finished(router: Router) -> Router {
         .layer(
             ServiceBuilder::new()
                 .layer(observe::ObserveLayer)
-                .layer(CatchPanicLayer::custom(panic_response))
-                .layer(DefaultBodyLimit::max(BODY_LIMIT)),
+                .layer(CatchPanicLayer::custom(panic_response)),
         )
 }
 
