@@ -24,6 +24,16 @@ pub struct Holder {
     pub key: IdempotencyKey,
 }
 
+impl Holder {
+    /// A holder from text stored elsewhere (Redis, PostgreSQL), each part checked as at the edge.
+    pub fn parse(user: &str, key: &str) -> Result<Self, super::DomainError> {
+        Ok(Self {
+            user: UserId::parse(user)?,
+            key: IdempotencyKey::parse(key)?,
+        })
+    }
+}
+
 /// One redemption on its way to PostgreSQL, as the outbox stream carries it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxEntry {

@@ -87,7 +87,7 @@ pub async fn scan_holders(
         .await?;
     let holders = fields
         .into_iter()
-        .map(|(user, key)| holder(&user, &key))
+        .map(|(user, key)| parsed("holder", Holder::parse(&user, &key)))
         .collect::<RedisResult<_>>()?;
     Ok((next, holders))
 }
@@ -110,13 +110,6 @@ pub async fn keys_of(
         .map(|key| key.map(|key| parsed("idempotency key", IdempotencyKey::parse(&key))))
         .map(Option::transpose)
         .collect()
-}
-
-fn holder(user: &str, key: &str) -> RedisResult<Holder> {
-    Ok(Holder {
-        user: parsed("user id", UserId::parse(user))?,
-        key: parsed("idempotency key", IdempotencyKey::parse(key))?,
-    })
 }
 
 /// A value the scripts wrote, parsed: one that does not parse was written by someone else.

@@ -18,7 +18,7 @@ pub use campaigns::{
 };
 pub use redemptions::{BatchSummary, RejectReason, store_batch};
 
-use crate::domain::{Holder, IdempotencyKey, UserId};
+use crate::domain::Holder;
 
 /// Whether PostgreSQL refused for good what it was given, rather than failing for now: an error
 /// that only the entries' own values can cause. Such an error follows the entries, so retrying
@@ -43,11 +43,7 @@ pub fn refuses_for_good(error: &sqlx::Error) -> bool {
 
 /// A holder as stored; a row that breaks the domain's rules was written by someone else.
 fn holder(user: &str, key: &str) -> Result<Holder, sqlx::Error> {
-    let invalid = |error: crate::domain::DomainError| sqlx::Error::Decode(Box::new(error));
-    Ok(Holder {
-        user: UserId::parse(user).map_err(invalid)?,
-        key: IdempotencyKey::parse(key).map_err(invalid)?,
-    })
+    Holder::parse(user, key).map_err(|error| sqlx::Error::Decode(Box::new(error)))
 }
 
 /// Connects a pool. `statement_timeout` bounds every query on the server side too.
