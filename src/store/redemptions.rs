@@ -61,13 +61,12 @@ pub async fn store_batch(
     if let Some(summary) = store_all_new(pool, entries).await? {
         return Ok(summary);
     }
-    // Decided again when another writer changed a campaign's room between the read and the
-    // lock (room only shrinks as vouchers are stored), or when an entry meant to insert did not
-    // and a later one was refused for want of the room it held (each such entry is learnt once):
-    // either ends.
-    let mut seq_taken = HashSet::new();
+    // Decided again when another writer committed meanwhile: it changed a campaign's room
+    // between the read and the lock (room only shrinks as vouchers are stored), or stored a row
+    // an entry meant to insert ran into while a later entry was refused for want of room. The
+    // next round reads what it committed, so this ends.
     loop {
-        if let Some(summary) = store_classified(pool, entries, &mut seq_taken).await? {
+        if let Some(summary) = store_classified(pool, entries).await? {
             return Ok(summary);
         }
     }
@@ -105,27 +104,25 @@ async fn store_all_new(
 }
 
 /// Every other case: each entry classified (insert, already stored, refused) against the
-/// campaigns' room and the stored holders, the new ones inserted, then the campaigns locked and
-/// their room confirmed. `seq_taken` lists the entries (by index) known to hold a voucher number
-/// someone else holds. `None`, with nothing written, when a verdict must be decided again.
+/// campaigns' room and what PostgreSQL holds, the new ones inserted, then the campaigns locked
+/// and their room confirmed. `None`, with nothing written, when a verdict must be decided again.
 async fn store_classified(
     pool: &PgPool,
     entries: &[OutboxEntry],
-    seq_taken: &mut HashSet<usize>,
 ) -> Result<Option<BatchSummary>, sqlx::Error> {
     let wanted = per_campaign(entries.iter());
     let campaigns: Vec<Uuid> = wanted.keys().copied().collect();
     let mut tx = pool.begin().await?;
     let capacity = room(&mut tx, &campaigns, Lock::None).await?;
     // Redeliveries and refusals are rare: when every campaign has room for all its entries, skip
-    // looking up stored holders and let the insert's conflicts point at the few that need it.
+    // looking up what is stored and let the insert's conflicts point at the few that need it.
     let stored = if fits(&wanted, &capacity) {
-        HashMap::new()
+        Stored::default()
     } else {
-        select_holders(&mut tx, entries.iter()).await?
+        select_stored(&mut tx, entries).await?
     };
 
-    let mut verdicts = classify(entries, capacity.clone(), stored, seq_taken);
+    let mut verdicts = classify(entries, capacity.clone(), stored);
     let to_insert: Vec<&OutboxEntry> = entries
         .iter()
         .zip(&verdicts)
@@ -154,8 +151,6 @@ async fn store_classified(
         .iter()
         .any(|&i| sold_out.contains_key(&uuid(&entries[i])))
     {
-        let taken = Verdict::Reject(RejectReason::SeqTaken);
-        seq_taken.extend(missed.into_iter().filter(|&i| verdicts[i] == taken));
         return Ok(None);
     }
 
@@ -377,36 +372,74 @@ async fn select_holders<'a>(
         .collect())
 }
 
+/// What PostgreSQL holds of the entries' users and of their voucher numbers, in one statement:
+/// one snapshot, so that a voucher number and its holder are seen together.
+async fn select_stored(
+    tx: &mut sqlx::PgConnection,
+    entries: &[OutboxEntry],
+) -> Result<Stored, sqlx::Error> {
+    let campaigns: Vec<Uuid> = entries.iter().map(uuid).collect();
+    let users: Vec<&str> = entries.iter().map(|e| e.holder.user.as_str()).collect();
+    let seqs: Vec<i32> = entries.iter().map(|e| e.seq).collect();
+    let rows: Vec<(Uuid, String, String, i32)> = sqlx::query_as(
+        "select r.campaign_id, r.user_id, r.idempotency_key, r.seq
+         from redemptions r
+         join unnest($1::uuid[], $2::text[], $3::int[]) as b (campaign_id, user_id, seq)
+           on r.campaign_id = b.campaign_id and (r.user_id = b.user_id or r.seq = b.seq)",
+    )
+    .bind(&campaigns)
+    .bind(&users)
+    .bind(&seqs)
+    .fetch_all(tx)
+    .await?;
+    let mut stored = Stored::default();
+    for (campaign, user, key, seq) in rows {
+        stored.seqs.insert((campaign, seq));
+        stored.holders.insert((campaign, user), key);
+    }
+    Ok(stored)
+}
+
+/// What PostgreSQL holds of a batch: the idempotency key of each of its users who holds a
+/// voucher, and which of its voucher numbers are given.
+#[derive(Debug, Default)]
+struct Stored {
+    holders: HashMap<(Uuid, String), String>,
+    seqs: HashSet<(Uuid, i32)>,
+}
+
 /// The (campaign, user) an entry's holder is stored under.
 fn holder_of(entry: &OutboxEntry) -> (Uuid, String) {
     (uuid(entry), entry.holder.user.as_str().to_owned())
 }
 
-/// Decides each entry in stream order: a holder's own key again is a no-op, another key is
-/// refused, an entry in `seq_taken` is refused (its number is someone else's), and no campaign
-/// gets more new holders than its remaining capacity.
+/// Decides each entry in stream order, against what is stored and the entries before it: a
+/// holder's own key again is a no-op, another key is refused, a voucher number someone holds is
+/// refused, and no campaign gets more new holders than its remaining capacity.
 fn classify(
     entries: &[OutboxEntry],
     mut capacity: HashMap<Uuid, i32>,
-    mut stored: HashMap<(Uuid, String), String>,
-    seq_taken: &HashSet<usize>,
+    mut stored: Stored,
 ) -> Vec<Verdict> {
     entries
         .iter()
-        .enumerate()
-        .map(|(i, entry)| {
+        .map(|entry| {
             let Some(left) = capacity.get_mut(&uuid(entry)) else {
                 return Verdict::Reject(RejectReason::UnknownCampaign);
             };
             let holder = holder_of(entry);
-            match stored.get(&holder) {
+            let seq = (uuid(entry), entry.seq);
+            match stored.holders.get(&holder) {
                 Some(key) if key == entry.holder.key.as_str() => Verdict::AlreadyStored,
                 Some(_) => Verdict::Reject(RejectReason::UserHoldsOtherKey),
-                None if seq_taken.contains(&i) => Verdict::Reject(RejectReason::SeqTaken),
+                None if stored.seqs.contains(&seq) => Verdict::Reject(RejectReason::SeqTaken),
                 None if *left <= 0 => Verdict::Reject(RejectReason::SoldOut),
                 None => {
                     *left -= 1;
-                    stored.insert(holder, entry.holder.key.as_str().to_owned());
+                    stored
+                        .holders
+                        .insert(holder, entry.holder.key.as_str().to_owned());
+                    stored.seqs.insert(seq);
                     Verdict::Insert
                 }
             }
@@ -416,21 +449,36 @@ fn classify(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicI32, Ordering};
+
     use time::OffsetDateTime;
 
     use super::*;
-    use crate::domain::{CampaignId, Holder, IdempotencyKey, UserId};
+    use crate::domain::{CampaignId, Holder};
 
+    /// An entry with a voucher number of its own.
     fn entry(campaign: Uuid, user: &str, key: &str) -> OutboxEntry {
+        static NEXT: AtomicI32 = AtomicI32::new(1);
+        numbered(campaign, user, key, NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+
+    fn numbered(campaign: Uuid, user: &str, key: &str, seq: i32) -> OutboxEntry {
         OutboxEntry {
             id: "0-1".into(),
             campaign: CampaignId::from(campaign),
-            holder: Holder {
-                user: UserId::parse(user).unwrap(),
-                key: IdempotencyKey::parse(key).unwrap(),
-            },
-            seq: 1,
+            holder: Holder::parse(user, key).unwrap(),
+            seq,
             at: OffsetDateTime::UNIX_EPOCH,
+        }
+    }
+
+    fn holding(holders: &[(Uuid, &str, &str)]) -> Stored {
+        Stored {
+            holders: holders
+                .iter()
+                .map(|(c, user, key)| ((*c, user.to_string()), key.to_string()))
+                .collect(),
+            seqs: HashSet::new(),
         }
     }
 
@@ -438,12 +486,7 @@ mod tests {
     fn new_holders_are_inserted_up_to_capacity_then_refused_as_sold_out() {
         let c = Uuid::new_v4();
         let entries = [entry(c, "a", "k"), entry(c, "b", "k"), entry(c, "c", "k")];
-        let verdicts = classify(
-            &entries,
-            HashMap::from([(c, 2)]),
-            HashMap::new(),
-            &HashSet::new(),
-        );
+        let verdicts = classify(&entries, HashMap::from([(c, 2)]), Stored::default());
         assert_eq!(
             verdicts,
             [
@@ -457,9 +500,9 @@ mod tests {
     #[test]
     fn a_redelivered_entry_is_a_no_op_and_uses_no_capacity() {
         let c = Uuid::new_v4();
-        let stored = HashMap::from([((c, "a".to_string()), "k".to_string())]);
         let entries = [entry(c, "a", "k"), entry(c, "b", "k")];
-        let verdicts = classify(&entries, HashMap::from([(c, 1)]), stored, &HashSet::new());
+        let stored = holding(&[(c, "a", "k")]);
+        let verdicts = classify(&entries, HashMap::from([(c, 1)]), stored);
         assert_eq!(verdicts, [Verdict::AlreadyStored, Verdict::Insert]);
     }
 
@@ -471,12 +514,7 @@ mod tests {
             entry(c, "a", "k2"),
             entry(c, "a", "k1"),
         ];
-        let verdicts = classify(
-            &entries,
-            HashMap::from([(c, 5)]),
-            HashMap::new(),
-            &HashSet::new(),
-        );
+        let verdicts = classify(&entries, HashMap::from([(c, 5)]), Stored::default());
         assert_eq!(
             verdicts,
             [
@@ -490,17 +528,20 @@ mod tests {
     #[test]
     fn an_entry_whose_number_is_taken_holds_no_room() {
         let c = Uuid::new_v4();
-        let entries = [entry(c, "a", "k"), entry(c, "b", "k")];
-        let verdicts = classify(
-            &entries,
-            HashMap::from([(c, 1)]),
-            HashMap::new(),
-            &HashSet::from([0]),
-        );
-        assert_eq!(
-            verdicts,
-            [Verdict::Reject(RejectReason::SeqTaken), Verdict::Insert]
-        );
+        // Number 1 is stored; number 2 comes twice in the batch.
+        let entries = [
+            numbered(c, "a", "k", 1),
+            numbered(c, "b", "k", 2),
+            numbered(c, "c", "k", 2),
+            numbered(c, "d", "k", 3),
+        ];
+        let stored = Stored {
+            seqs: HashSet::from([(c, 1)]),
+            ..Stored::default()
+        };
+        let verdicts = classify(&entries, HashMap::from([(c, 2)]), stored);
+        let taken = Verdict::Reject(RejectReason::SeqTaken);
+        assert_eq!(verdicts, [taken, Verdict::Insert, taken, Verdict::Insert]);
     }
 
     #[test]
@@ -508,8 +549,7 @@ mod tests {
         let verdicts = classify(
             &[entry(Uuid::new_v4(), "a", "k")],
             HashMap::new(),
-            HashMap::new(),
-            &HashSet::new(),
+            Stored::default(),
         );
         assert_eq!(verdicts, [Verdict::Reject(RejectReason::UnknownCampaign)]);
     }
