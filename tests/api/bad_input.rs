@@ -51,6 +51,14 @@ fn create(
     }
 }
 
+/// A redeem whose body is not one JSON value: 400 `malformed_json`.
+fn malformed(what: &'static str, body: &str) -> Case {
+    Case {
+        body: body.into(),
+        ..redeem(what, json!(null), 400, "malformed_json", None)
+    }
+}
+
 fn cases() -> Vec<Case> {
     let long = |n: usize| "x".repeat(n);
     vec![
@@ -81,52 +89,22 @@ fn cases() -> Vec<Case> {
             "payload_too_large",
             None,
         ),
-        Case {
-            body: "{\"userId\": ".into(),
-            ..redeem("truncated JSON", json!(null), 400, "malformed_json", None)
-        },
-        Case {
-            body: String::new(),
-            ..redeem("empty body", json!(null), 400, "malformed_json", None)
-        },
-        Case {
-            body: "userId=u".into(),
-            ..redeem(
-                "form body sent as JSON",
-                json!(null),
-                400,
-                "malformed_json",
-                None,
-            )
-        },
-        Case {
-            body: r#"{"userId": "u", "idempotencyKey": "k"} trailing"#.into(),
-            ..redeem(
-                "text after the JSON",
-                json!(null),
-                400,
-                "malformed_json",
-                None,
-            )
-        },
-        Case {
-            body: "{}{}".into(),
-            ..redeem("two objects", json!(null), 400, "malformed_json", None)
-        },
-        Case {
-            body: r#"{"userId": "u", "idempotencyKey": "k"} {"userId": "v"}"#.into(),
-            ..redeem(
-                "a second object after a valid one",
-                json!(null),
-                400,
-                "malformed_json",
-                None,
-            )
-        },
-        Case {
-            body: r#"{"userId": "u", "idempotencyKey": "k",}"#.into(),
-            ..redeem("trailing comma", json!(null), 400, "malformed_json", None)
-        },
+        malformed("truncated JSON", "{\"userId\": "),
+        malformed("empty body", ""),
+        malformed("form body sent as JSON", "userId=u"),
+        malformed(
+            "text after the JSON",
+            r#"{"userId": "u", "idempotencyKey": "k"} trailing"#,
+        ),
+        malformed("two objects", "{}{}"),
+        malformed(
+            "a second object after a valid one",
+            r#"{"userId": "u", "idempotencyKey": "k"} {"userId": "v"}"#,
+        ),
+        malformed(
+            "trailing comma",
+            r#"{"userId": "u", "idempotencyKey": "k",}"#,
+        ),
         redeem("JSON array", json!(["u", "k"]), 422, "invalid_body", None),
         redeem(
             "missing userId",
@@ -289,22 +267,19 @@ fn cases() -> Vec<Case> {
             Some("name"),
         ),
         Case {
-            body: r#"{"name": "n", "total": 5} trailing"#.into(),
-            ..create(
+            path: "/campaigns",
+            ..malformed(
                 "text after the JSON",
-                json!(null),
-                400,
-                "malformed_json",
-                None,
+                r#"{"name": "n", "total": 5} trailing"#,
             )
         },
         Case {
-            body: r#"{"name": "n", "total": 5}{}"#.into(),
-            ..create("two objects", json!(null), 400, "malformed_json", None)
+            path: "/campaigns",
+            ..malformed("two objects", r#"{"name": "n", "total": 5}{}"#)
         },
         Case {
-            body: r#"{"name": "n", "total": 5,}"#.into(),
-            ..create("trailing comma", json!(null), 400, "malformed_json", None)
+            path: "/campaigns",
+            ..malformed("trailing comma", r#"{"name": "n", "total": 5,}"#)
         },
         create(
             "name missing",

@@ -13,7 +13,7 @@ use tokio::{
 use voucher_gateway::domain::CampaignId;
 
 use crate::{
-    helpers::{TestApp, database_url, metric, redis_url, test_config},
+    helpers::{RedisServer, TestApp, database_url, metric, redis_url, test_config},
     process::{GatewayProcess, signal},
 };
 
@@ -147,7 +147,10 @@ async fn a_later_head_on_a_kept_alive_connection_has_the_header_timeout_too() {
 
 #[tokio::test]
 async fn a_connection_with_a_head_half_sent_does_not_delay_shutdown() {
-    let mut gateway = GatewayProcess::start(&database_url(), &redis_url(), &[]).await;
+    // No writer, so that the shutdown is the HTTP server's alone (no outbox to drain).
+    let redis = RedisServer::start();
+    let settings = [("VG_NO_WRITER", "true")];
+    let mut gateway = GatewayProcess::start(&database_url(), &redis.url(), &settings).await;
     let mut half = TcpStream::connect(gateway.url.trim_start_matches("http://"))
         .await
         .unwrap();

@@ -268,6 +268,30 @@ pub async fn lock_campaigns(database: &str) -> sqlx::Transaction<'static, sqlx::
     lock
 }
 
+/// Zeroes Redis's command statistics.
+pub async fn reset_command_stats(con: &mut redis::aio::MultiplexedConnection) {
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(con)
+        .await
+        .unwrap();
+}
+
+/// How many times Redis ran `command` (lowercase, as `INFO commandstats` names it) since its
+/// statistics were last zeroed.
+pub async fn command_calls(con: &mut redis::aio::MultiplexedConnection, command: &str) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(con)
+        .await
+        .unwrap();
+    let prefix = format!("cmdstat_{command}:calls=");
+    info.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |calls| calls.parse().unwrap())
+}
+
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

@@ -15,8 +15,8 @@ use voucher_gateway::{health::Probe, redis::keys::Shards, supervise::Liveness};
 
 use crate::{
     helpers::{
-        RedisServer, TestApp, database_url, free_port, lock_campaigns, metric,
-        private_redis_config, redis_url, test_config,
+        RedisServer, TestApp, command_calls, database_url, free_port, lock_campaigns, metric,
+        private_redis_config, redis_url, reset_command_stats, test_config,
     },
     load::Load,
     process::{GatewayProcess, create_campaign, private_database, signal},
@@ -88,23 +88,10 @@ async fn ready_names_what_is_wrong() {
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    let _: () = redis::cmd("CONFIG")
-        .arg("RESETSTAT")
-        .query_async(&mut con)
-        .await
-        .unwrap();
+    reset_command_stats(&mut con).await;
     let probes = futures::future::join_all((0..200).map(|_| get_json(&app, "/ready"))).await;
     assert!(probes.iter().all(|(status, _)| *status == StatusCode::OK));
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(&mut con)
-        .await
-        .unwrap();
-    let scripts: u64 = info
-        .lines()
-        .filter_map(|line| line.strip_prefix("cmdstat_evalsha:calls="))
-        .filter_map(|rest| rest.split(',').next()?.parse::<u64>().ok())
-        .sum();
+    let scripts = command_calls(&mut con, "evalsha").await;
     assert!(scripts <= 16 * 3, "{scripts} outbox scripts for 200 probes");
 
     // No writer runs: a redemption waits in the outbox until it is older than the bound.

@@ -18,7 +18,7 @@ use uuid::Uuid;
 use voucher_gateway::{domain::CampaignId, redis::keys::Shards};
 
 use crate::{
-    helpers::{RedisServer, queue_entries},
+    helpers::{RedisServer, command_calls, queue_entries, reset_command_stats},
     process::{GatewayProcess, private_database},
 };
 
@@ -163,19 +163,6 @@ async fn campaigns_in_postgres(db: &PgPool) -> Vec<Uuid> {
     ids
 }
 
-/// How many XRANGE calls Redis served since its statistics were last reset.
-async fn xrange_calls(con: &mut redis::aio::MultiplexedConnection) -> usize {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(con)
-        .await
-        .unwrap();
-    info.lines()
-        .find_map(|line| line.strip_prefix("cmdstat_xrange:calls="))
-        .and_then(|rest| rest.split(',').next())
-        .map_or(0, |calls| calls.parse().unwrap())
-}
-
 async fn rows(db: &PgPool) -> i64 {
     sqlx::query_scalar("select count(*) from redemptions")
         .fetch_one(db)
@@ -251,18 +238,14 @@ async fn a_cold_redis_under_load_answers_every_request_and_folds_in_the_backlog(
                 .collect()
         })
         .collect();
-    let _: () = redis::cmd("CONFIG")
-        .arg("RESETSTAT")
-        .query_async(&mut con)
-        .await
-        .unwrap();
+    reset_command_stats(&mut con).await;
     let cold = storm(&gateway.url, replays, touches).await;
     gateway.terminate(Duration::from_secs(20)).await;
     // Each outbox page read is one XRANGE: a read of every shard's stream per campaign would be
     // this many. Campaigns cold at once share reads; at least two share each, on average.
     let pages_per_stream = backlog as usize / shards.count() as usize / 1_000 + 1;
     let unshared = CAMPAIGNS * pages_per_stream;
-    let pages = xrange_calls(&mut con).await;
+    let pages = command_calls(&mut con, "xrange").await as usize;
     assert!(pages * 2 < unshared, "{pages} outbox pages read");
 
     // With writers again, the backlog lands once.
