@@ -311,7 +311,7 @@ impl App {
                 // A few operators and orchestrators, not the public.
                 let edge = EdgeSettings {
                     max_connections: OPS_CONNECTIONS.min(self.edge.max_connections),
-                    ..self.edge.clone()
+                    ..self.edge
                 };
                 serve::serve(listener, router, edge, stopping.clone())
             });

@@ -40,7 +40,7 @@ use crate::telemetry::metrics::{
 };
 
 /// The edge's limits.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub struct EdgeSettings {
     /// Connections the kernel queues for `accept`.
     pub backlog: u32,
@@ -110,7 +110,7 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let connection = Connection {
             router: router.clone(),
-            settings: settings.clone(),
+            settings,
             stop: stop.clone(),
             _permit: permit,
         };
