@@ -13,7 +13,7 @@ use tokio::{
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
-    config::{DatabaseConfig, ServeConfig},
+    config::{DatabaseConfig, RedisConfig, ServeConfig},
     gateway::Gateway,
     health::Probe,
     http::{
@@ -129,6 +129,15 @@ fn instance_id(config: &ServeConfig, listening: SocketAddr) -> String {
     })
 }
 
+/// Where Redis is, from its settings.
+pub fn open_redis(config: &RedisConfig) -> anyhow::Result<vg_redis::Redis> {
+    vg_redis::Redis::open(
+        config.redis_url.expose(),
+        config.redis_cluster,
+        config.redis_timeout,
+    )
+}
+
 /// Connects to PostgreSQL, creating the database if needed, and migrates it (unless told not
 /// to); returns the pool and the shard count recorded in the database.
 pub async fn prepare_database(
@@ -172,33 +181,22 @@ impl App {
     pub async fn build(config: ServeConfig) -> anyhow::Result<Self> {
         config.check()?;
         let (db, shards) = prepare_database(&config.database, !config.no_migrate).await?;
-        let redis_config = &config.redis;
-        let redis_url = &redis_config.redis_url;
-        let mut manager = vg_redis::connect_manager(redis_url.expose(), redis_config.redis_timeout)
+        let redis = open_redis(&config.redis)?;
+        let mut shared = redis
+            .connect()
             .await
-            .with_context(|| format!("cannot connect to Redis at {redis_url}"))?;
-        vg_redis::check_no_eviction(&mut manager).await?;
-        vg_redis::marker::check(&mut manager, &db)
-            .await
-            .context("cannot check the Redis data marker")?;
-        let pool = vg_redis::connect_pool(
-            redis_url.expose(),
-            redis_config.redis_pool_size,
-            redis_config.redis_timeout,
-        )?;
+            .with_context(|| format!("cannot connect to Redis at {}", config.redis.redis_url))?;
+        vg_redis::check_no_eviction(&mut shared).await?;
+        for shard in shards.all() {
+            vg_redis::marker::check(&mut shared, &db, &shard)
+                .await
+                .context("cannot check the Redis data marker")?;
+        }
         let consumers = if config.writer.no_writer {
             0
         } else {
             config.writer.writer_consumers
         };
-        let loops = usize::from(shards.count()) * usize::from(consumers);
-        if loops > 0 && redis_config.redis_pool_size <= loops {
-            bail!(
-                "VG_REDIS_POOL_SIZE ({}) must exceed shards x writer consumers ({loops}): \
-                 each writer loop holds a connection",
-                redis_config.redis_pool_size
-            );
-        }
         let edge = edge_settings(&config);
         let listener = serve::bind(config.listen, edge.backlog)
             .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -210,28 +208,31 @@ impl App {
             })
             .transpose()?;
         let instance = instance_id(&config, listener.local_addr()?);
+        let settings = writer_settings(&config);
         let mut writers = Vec::new();
         for shard in shards.all().filter(|_| consumers > 0) {
-            let writer = |n: u16| {
+            let mut first: Option<Writer> = None;
+            for n in 0..consumers {
+                let con = redis.connect_blocking(settings.block).await?;
                 let consumer = format!("{instance}/{n}");
-                let settings = writer_settings(&config);
-                Writer::new(pool.clone(), db.clone(), shard.clone(), consumer, settings)
-            };
-            let first = writer(0);
-            for n in 1..consumers {
-                writers.push(Arc::new(writer(n).taking_turns_with(&first)));
+                let writer =
+                    Writer::new(con, db.clone(), shard.clone(), consumer, settings.clone());
+                match &first {
+                    Some(first) => writers.push(Arc::new(writer.taking_turns_with(first))),
+                    None => first = Some(writer),
+                }
             }
-            writers.push(Arc::new(first));
+            writers.extend(first.map(Arc::new));
         }
         let liveness = Liveness::new(shards.count());
         let probe = Arc::new(Probe::new(
-            manager.clone(),
+            shared.clone(),
             db.clone(),
-            shards,
+            shards.clone(),
             config.ready_max_outbox_lag,
             (consumers > 0).then(|| liveness.clone()),
         ));
-        let gateway = Arc::new(Gateway::new(manager, db, shards, config.absent_ttl));
+        let gateway = Arc::new(Gateway::new(shared, db, shards, config.absent_ttl));
         tracing::info!(%instance, "writers read as this instance");
         Ok(Self {
             listener,

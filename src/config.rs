@@ -167,7 +167,8 @@ pub struct DatabaseConfig {
 
 #[derive(Debug, Clone, Args)]
 pub struct RedisConfig {
-    /// Redis URL (redis:// or rediss://).
+    /// Redis URL (redis:// or rediss://); with `--redis-cluster`, one or more seed nodes of the
+    /// cluster separated by commas.
     #[arg(
         long,
         env = "REDIS_URL",
@@ -175,10 +176,10 @@ pub struct RedisConfig {
         default_value = "redis://127.0.0.1:6379"
     )]
     pub redis_url: SecretUrl,
-    /// Connections in the pool for the writers and hydration (the redeem path shares one
-    /// multiplexed connection). Needs one per writer loop (shards x consumers) plus headroom.
-    #[arg(long, env = "VG_REDIS_POOL_SIZE", default_value_t = 64)]
-    pub redis_pool_size: usize,
+    /// Redis is a Redis Cluster: keys go to the masters of their slots, and follow them through
+    /// resharding and failover.
+    #[arg(long, env = "VG_REDIS_CLUSTER")]
+    pub redis_cluster: bool,
     /// Longest wait for a Redis connection or reply; past it a redeem answers 503.
     #[arg(long, env = "VG_REDIS_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
     pub redis_timeout: Duration,

@@ -6,14 +6,14 @@
 
 use std::{sync::Arc, time::Duration};
 
-use redis::aio::ConnectionManager;
+use crate::redis::Connection;
 use serde::Serialize;
 use sqlx::PgPool;
 
 use crate::{
     memo::Memo,
     redis::{
-        keys::{self, Shards},
+        keys::Shards,
         scripts::{self, OutboxStats},
     },
     store,
@@ -31,7 +31,7 @@ const OK: &str = "ok";
 const OFF: &str = "off";
 
 pub struct Probe {
-    redis: ConnectionManager,
+    redis: Connection,
     db: PgPool,
     shards: Shards,
     max_lag: Duration,
@@ -67,7 +67,7 @@ impl Readiness {
 
 impl Probe {
     pub fn new(
-        redis: ConnectionManager,
+        redis: Connection,
         db: PgPool,
         shards: Shards,
         max_lag: Duration,
@@ -84,8 +84,8 @@ impl Probe {
         }
     }
 
-    pub fn shards(&self) -> Shards {
-        self.shards
+    pub fn shards(&self) -> &Shards {
+        &self.shards
     }
 
     /// Every shard's outbox figures, read at most once a second.
@@ -94,14 +94,14 @@ impl Probe {
     }
 
     async fn read_outbox_stats(&self) -> OutboxFigures {
+        let stats = futures_util::future::try_join_all(self.shards.outboxes().map(|outbox| {
+            let mut con = self.redis.clone();
+            async move { scripts::outbox_stats(&mut con, &outbox).await }
+        }));
+        // On a cluster, a master holding no shard must answer as well.
         let mut con = self.redis.clone();
-        let read = async {
-            let mut all = Vec::with_capacity(self.shards.count().into());
-            for shard in 0..self.shards.count() {
-                all.push(scripts::outbox_stats(&mut con, &keys::outbox(shard)).await?);
-            }
-            redis::RedisResult::Ok(all)
-        };
+        let read =
+            async { futures_util::try_join!(con.ping_every_master(), stats).map(|(_, all)| all) };
         match tokio::time::timeout(CHECK_TIMEOUT, read).await {
             Ok(Ok(all)) => Ok(Arc::new(all)),
             Ok(Err(error)) => Err(error.to_string()),

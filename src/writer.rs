@@ -23,6 +23,7 @@ use crate::{
     backoff::Backoff,
     domain::OutboxEntry,
     redis::{
+        Connection,
         keys::ShardKeys,
         marker,
         outbox::{self, Entries, Malformed},
@@ -52,7 +53,8 @@ pub struct WriterSettings {
 }
 
 pub struct Writer {
-    redis: deadpool_redis::Pool,
+    /// A connection of this writer's own: its reads block.
+    redis: Connection,
     db: PgPool,
     shard: ShardKeys,
     /// Stable across restarts of the same instance, so that a new process finds what the old
@@ -81,7 +83,7 @@ struct ClaimScan {
 impl Writer {
     /// A writer of one shard, reading as `consumer` (unique among live writers of the shard).
     pub fn new(
-        redis: deadpool_redis::Pool,
+        redis: Connection,
         db: PgPool,
         shard: ShardKeys,
         consumer: String,
@@ -150,8 +152,8 @@ impl Writer {
     /// Creates the consumer group (reading from the stream's start) if it does not exist, after
     /// checking whether Redis came back without its data (the stream and group vanish with it).
     pub async fn ensure_group(&self) -> anyhow::Result<()> {
-        let mut con = self.redis.get().await?;
-        marker::check(&mut con, &self.db).await?;
+        let mut con = self.redis.clone();
+        marker::check(&mut con, &self.db, &self.shard).await?;
         outbox::create_group(&mut con, &self.shard.outbox).await?;
         Ok(())
     }
@@ -190,9 +192,8 @@ impl Writer {
             }
             self.handle(own, cancel).await?;
         }
-        let mut con = self.redis.get().await?;
+        let mut con = self.redis.clone();
         let end = outbox::last_id(&mut con, &self.shard.outbox).await?;
-        drop(con);
         let Some(end) = end.as_deref().and_then(outbox::parse_id) else {
             return Ok(());
         };
@@ -210,7 +211,7 @@ impl Writer {
 
     /// Up to a batch of the entries this consumer holds and has not acknowledged.
     async fn read_own(&self) -> anyhow::Result<Entries> {
-        let mut con = self.redis.get().await?;
+        let mut con = self.redis.clone();
         let own = outbox::read_own_pending(
             &mut con,
             &self.shard.outbox,
@@ -228,7 +229,7 @@ impl Writer {
     /// then up to `flush_interval` for the batch to fill.
     pub async fn read(&self) -> anyhow::Result<Entries> {
         let _turn = self.read_turn.lock().await;
-        let mut con = self.redis.get().await?;
+        let mut con = self.redis.clone();
         let (outbox, batch) = (&self.shard.outbox, self.settings.batch_size);
         let block = Some(self.settings.block);
         let mut read = outbox::read_new(&mut con, outbox, &self.consumer, batch, block).await?;
@@ -265,7 +266,7 @@ impl Writer {
     /// (its process died), then removes consumers that have been silent for much longer and hold
     /// nothing.
     pub async fn claim(&self) -> anyhow::Result<Entries> {
-        let mut con = self.redis.get().await?;
+        let mut con = self.redis.clone();
         let from = self.claim.lock().expect("never poisoned").from.clone();
         let (next, claimed) = outbox::claim_idle(
             &mut con,
@@ -419,7 +420,7 @@ impl Writer {
         loop {
             tokio::time::sleep(self.settings.claim_idle / 3).await;
             let touched = async {
-                let mut con = self.redis.get().await?;
+                let mut con = self.redis.clone();
                 outbox::touch(&mut con, &self.shard.outbox, &self.consumer, ids).await?;
                 anyhow::Ok(())
             };
@@ -434,7 +435,7 @@ impl Writer {
 
     /// Moves entries that can never be stored to the dead-letter stream, counting them by `kind`.
     async fn dead_letter(&self, entries: &[Malformed], kind: &'static str) -> anyhow::Result<()> {
-        let mut con = self.redis.get().await?;
+        let mut con = self.redis.clone();
         let moved = scripts::dead_letter(&mut con, &self.shard, entries).await?;
         counter!(WRITER_DEAD_LETTERED, "kind" => kind).increment(moved);
         for entry in entries {
@@ -445,7 +446,7 @@ impl Writer {
 
     /// Acknowledges and deletes entries; `ids` in stream order.
     async fn ack(&self, ids: &[&str]) -> anyhow::Result<()> {
-        let mut con = self.redis.get().await?;
+        let mut con = self.redis.clone();
         scripts::ack(&mut con, &self.shard.outbox, ids).await?;
         Ok(())
     }

@@ -7,8 +7,8 @@
 
 use std::{collections::HashSet, sync::Arc, time::Duration};
 
+use crate::redis::Connection;
 use metrics::counter;
-use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 
 use super::{GatewayError, LOAD_ATTEMPTS, answered::Answered, scans::OutboxScans};
@@ -30,7 +30,7 @@ enum Presence {
 }
 
 pub struct Hydrator {
-    redis: ConnectionManager,
+    redis: Connection,
     db: PgPool,
     shards: Shards,
     /// Single-flight hydration per campaign, and unknown ids remembered as absent.
@@ -41,13 +41,13 @@ pub struct Hydrator {
 }
 
 impl Hydrator {
-    pub fn new(redis: ConnectionManager, db: PgPool, shards: Shards, absent_ttl: Duration) -> Self {
+    pub fn new(redis: Connection, db: PgPool, shards: Shards, absent_ttl: Duration) -> Self {
         let lookups = moka::future::Cache::builder()
             .max_capacity(100_000)
             .time_to_live(absent_ttl)
             .build();
         Self {
-            scans: OutboxScans::new(redis.clone(), shards),
+            scans: OutboxScans::new(redis.clone(), shards.clone()),
             redis,
             db,
             shards,

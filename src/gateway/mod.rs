@@ -10,8 +10,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::redis::Connection;
 use metrics::histogram;
-use redis::aio::ConnectionManager;
 use serde::Serialize;
 use sqlx::PgPool;
 
@@ -59,15 +59,15 @@ pub enum GatewayError {
 
 pub struct Gateway {
     /// One multiplexed connection for every request.
-    redis: ConnectionManager,
+    redis: Connection,
     db: PgPool,
     shards: Shards,
     hydrator: Hydrator,
 }
 
 impl Gateway {
-    pub fn new(redis: ConnectionManager, db: PgPool, shards: Shards, absent_ttl: Duration) -> Self {
-        let hydrator = Hydrator::new(redis.clone(), db.clone(), shards, absent_ttl);
+    pub fn new(redis: Connection, db: PgPool, shards: Shards, absent_ttl: Duration) -> Self {
+        let hydrator = Hydrator::new(redis.clone(), db.clone(), shards.clone(), absent_ttl);
         Self {
             redis,
             db,
@@ -76,8 +76,8 @@ impl Gateway {
         }
     }
 
-    pub fn shards(&self) -> Shards {
-        self.shards
+    pub fn shards(&self) -> &Shards {
+        &self.shards
     }
 
     /// Creates a campaign: PostgreSQL first (the record), then its Redis state. If Redis fails

@@ -21,7 +21,8 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use redis::{RedisResult, aio::ConnectionManager};
+use crate::redis::Connection;
+use redis::RedisResult;
 use tokio::sync::oneshot;
 
 use crate::{
@@ -33,7 +34,7 @@ type Found = RedisResult<Vec<OutboxEntry>>;
 type Waiters = HashMap<CampaignId, Vec<oneshot::Sender<Found>>>;
 
 pub struct OutboxScans {
-    redis: ConnectionManager,
+    redis: Connection,
     shards: Shards,
     per_shard: Vec<Arc<ShardScans>>,
 }
@@ -52,7 +53,7 @@ struct State {
 }
 
 impl OutboxScans {
-    pub fn new(redis: ConnectionManager, shards: Shards) -> Self {
+    pub fn new(redis: Connection, shards: Shards) -> Self {
         let per_shard = shards
             .outboxes()
             .map(|outbox| {
@@ -98,7 +99,7 @@ impl ShardScans {
 }
 
 /// Scans the shard's outbox for the campaigns waiting, again and again, until none waits.
-async fn scan_while_waited(shard: Arc<ShardScans>, mut con: ConnectionManager) {
+async fn scan_while_waited(shard: Arc<ShardScans>, mut con: Connection) {
     let mut running = Running(Some(shard.clone()));
     loop {
         let waiting = {

@@ -9,7 +9,7 @@
 
 use std::collections::HashSet;
 
-use redis::aio::ConnectionManager;
+use crate::redis::Connection;
 use serde::Serialize;
 use sqlx::PgPool;
 
@@ -121,7 +121,7 @@ impl CampaignReport {
 
 /// The two sides reconcile reads.
 pub struct Sides {
-    pub redis: ConnectionManager,
+    pub redis: Connection,
     pub db: PgPool,
     pub shards: Shards,
 }

@@ -16,7 +16,7 @@ use crate::{
     config::{ReconcileConfig, ReportFormat},
     domain::CampaignId,
     redis::{
-        self as vg_redis, marker,
+        marker,
         outbox::{self, DeadLetter},
     },
     store::{self, reconcile as stored},
@@ -57,7 +57,8 @@ impl Report {
 pub async fn run(config: &ReconcileConfig) -> anyhow::Result<Report> {
     let (db, shards) = app::prepare_database(&config.database, false).await?;
     let url = &config.redis.redis_url;
-    let mut redis = vg_redis::connect_manager(url.expose(), config.redis.redis_timeout)
+    let mut redis = app::open_redis(&config.redis)?
+        .connect()
         .await
         .with_context(|| format!("cannot connect to Redis at {url}"))?;
     let redis_data_lost_at = store::setting(&db, marker::LOST_SETTING).await?;

@@ -46,7 +46,7 @@ pub fn table(report: &Report) -> String {
         let _ = writeln!(
             out,
             "\ndead letters (outbox entries that can never be stored; delete each from its shard's \
-             {{vg:N}}:dead stream once dealt with): {}{}",
+             {{vg:N.k}}:dead stream once dealt with): {}{}",
             report.dead_letters.len(),
             examples(letters)
         );

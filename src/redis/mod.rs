@@ -1,6 +1,6 @@
-//! Redis, and the only place that speaks to it: the hot path's one multiplexed connection, the
-//! pool for the writers' blocking reads, the key layout, the scripts, the outbox streams, and the
-//! reads of a campaign's state. Every command, key and hash field lives here.
+//! Redis, and the only place that speaks to it: the connections (to one server or to a Redis
+//! Cluster), the key layout, the scripts, the outbox streams, and the reads of a campaign's
+//! state. Every command, key and hash field lives here.
 
 pub mod keys;
 pub mod marker;
@@ -12,60 +12,195 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use redis::{
-    AsyncConnectionConfig, Client,
-    aio::{ConnectionManager, ConnectionManagerConfig},
+    Client, Cmd, FromRedisValue, IntoConnectionInfo, RedisFuture, RedisResult, Value,
+    aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig},
+    cluster::{ClusterClient, ClusterClientBuilder},
+    cluster_async::ClusterConnection,
+    cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo},
 };
 
-/// Opens the shared connection: one multiplexed, auto-pipelined connection for every request and
-/// every short command, reconnecting by itself after a Redis restart. A pool on the redeem path
-/// would halve throughput. Errors never name the URL: it may hold a password.
-pub async fn connect_manager(url: &str, timeout: Duration) -> anyhow::Result<ConnectionManager> {
-    let client = Client::open(url).context("invalid Redis URL")?;
-    let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(timeout))
-        .set_response_timeout(Some(timeout))
-        .set_number_of_retries(2)
-        .set_max_delay(timeout);
-    Ok(client.get_connection_manager_with_config(config).await?)
-}
+/// Retries of a cluster command that met a moved slot, a lost connection or a failover in
+/// progress, and the waits between them: a failover takes seconds, and a request must fail within
+/// the Redis timeout rather than wait for the client's default of over a second per retry.
+const CLUSTER_RETRIES: u32 = 6;
+const CLUSTER_MIN_RETRY_WAIT_MS: u64 = 20;
+const CLUSTER_MAX_RETRY_WAIT_MS: u64 = 500;
 
-/// Builds the pool for the writers' blocking reads and their other commands. Connections open
-/// lazily.
-pub fn connect_pool(
-    url: &str,
-    size: usize,
+/// Where Redis is: one server, or a Redis Cluster reached through seed nodes.
+#[derive(Clone)]
+pub struct Redis {
+    target: Target,
     timeout: Duration,
-) -> anyhow::Result<deadpool_redis::Pool> {
-    let connection = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(timeout))
-        .set_response_timeout(Some(timeout));
-    let manager =
-        deadpool_redis::Manager::new_with_config(url, connection).context("invalid Redis URL")?;
-    deadpool_redis::Pool::builder(manager)
-        .max_size(size)
-        .wait_timeout(Some(timeout))
-        .create_timeout(Some(timeout))
-        .recycle_timeout(Some(timeout))
-        .runtime(deadpool_redis::Runtime::Tokio1)
-        .build()
-        .context("cannot build the Redis pool")
 }
 
-/// Refuses a Redis that may evict keys: an evicted campaign or outbox would lose vouchers.
-pub async fn check_no_eviction(con: &mut ConnectionManager) -> anyhow::Result<()> {
-    let reply: redis::RedisResult<Vec<String>> = redis::cmd("CONFIG")
-        .arg("GET")
-        .arg("maxmemory-policy")
-        .query_async(con)
-        .await;
-    match reply {
-        Ok(pair) => match pair.get(1).map(String::as_str) {
-            Some("noeviction") | None => Ok(()),
-            Some(policy) => bail!(
-                "Redis runs with maxmemory-policy {policy}: it could evict campaign state or the \
-                 outbox; set maxmemory-policy noeviction"
-            ),
-        },
+#[derive(Clone)]
+enum Target {
+    Server(Client),
+    Cluster(Vec<redis::ConnectionInfo>),
+}
+
+/// A multiplexed connection to one server or to every node of a cluster. It reconnects by itself
+/// and follows a cluster's slots as they move; clones share it.
+#[derive(Clone)]
+pub enum Connection {
+    Server(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl Redis {
+    /// `urls`: one URL, or with `cluster` one or more seed nodes separated by commas (`redis://`
+    /// or `rediss://`). Errors never name a URL: it may hold a password.
+    pub fn open(urls: &str, cluster: bool, timeout: Duration) -> anyhow::Result<Self> {
+        let target = if cluster {
+            let seeds = urls
+                .split(',')
+                .map(|url| url.trim().into_connection_info())
+                .collect::<RedisResult<Vec<_>>>()
+                .context("invalid Redis URL")?;
+            // Checks the seeds agree on credentials and TLS.
+            cluster_builder(&seeds, timeout)
+                .build()
+                .context("invalid Redis Cluster seeds")?;
+            Target::Cluster(seeds)
+        } else {
+            if urls.contains(',') {
+                bail!(
+                    "REDIS_URL lists several URLs: set VG_REDIS_CLUSTER=true for a Redis Cluster"
+                );
+            }
+            Target::Server(Client::open(urls).context("invalid Redis URL")?)
+        };
+        Ok(Self { target, timeout })
+    }
+
+    /// The shared connection: one per process for every request and every short command. A pool
+    /// on the redeem path would halve throughput.
+    pub async fn connect(&self) -> RedisResult<Connection> {
+        self.connect_with(self.timeout).await
+    }
+
+    /// A connection of its own for blocking reads of up to `block`: a blocked read holds up every
+    /// command behind it on its connection, and must not time out while it waits.
+    pub async fn connect_blocking(&self, block: Duration) -> RedisResult<Connection> {
+        self.connect_with(block + self.timeout).await
+    }
+
+    async fn connect_with(&self, response_timeout: Duration) -> RedisResult<Connection> {
+        match &self.target {
+            Target::Server(client) => {
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(self.timeout))
+                    .set_response_timeout(Some(response_timeout))
+                    .set_number_of_retries(2)
+                    .set_max_delay(self.timeout);
+                let manager = client.get_connection_manager_with_config(config).await?;
+                Ok(Connection::Server(manager))
+            }
+            Target::Cluster(seeds) => {
+                let client = cluster_builder(seeds, self.timeout)
+                    .response_timeout(response_timeout)
+                    .build()?;
+                Ok(Connection::Cluster(client.get_async_connection().await?))
+            }
+        }
+    }
+}
+
+fn cluster_builder(seeds: &[redis::ConnectionInfo], timeout: Duration) -> ClusterClientBuilder {
+    ClusterClient::builder(seeds.to_vec())
+        .connection_timeout(timeout)
+        .response_timeout(timeout)
+        .retries(CLUSTER_RETRIES)
+        .min_retry_wait(CLUSTER_MIN_RETRY_WAIT_MS)
+        .max_retry_wait(CLUSTER_MAX_RETRY_WAIT_MS)
+}
+
+impl Connection {
+    /// Runs a command without keys on the server, or on every master of a cluster; returns each
+    /// node's address (empty for the one server) and reply. (A command with keys would follow
+    /// their slot's redirection to one master.)
+    pub async fn on_every_master<T: FromRedisValue>(
+        &mut self,
+        cmd: Cmd,
+    ) -> RedisResult<Vec<(String, T)>> {
+        match self {
+            Connection::Server(manager) => {
+                Ok(vec![(String::new(), cmd.query_async(manager).await?)])
+            }
+            Connection::Cluster(cluster) => {
+                let routing = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
+                let replies: Vec<(String, Value)> =
+                    redis::from_redis_value(cluster.route_command(cmd, routing).await?)?;
+                replies
+                    .into_iter()
+                    .map(|(node, reply)| Ok((node, redis::from_redis_value(reply)?)))
+                    .collect()
+            }
+        }
+    }
+
+    /// Whether the server, or every master of a cluster, answers.
+    pub async fn ping_every_master(&mut self) -> RedisResult<()> {
+        match self {
+            Connection::Server(manager) => redis::cmd("PING").query_async(manager).await,
+            Connection::Cluster(cluster) => {
+                let policy = Some(ResponsePolicy::AllSucceeded);
+                let routing = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, policy));
+                cluster
+                    .route_command(redis::cmd("PING"), routing)
+                    .await
+                    .map(drop)
+            }
+        }
+    }
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Connection::Server(manager) => manager.req_packed_command(cmd),
+            Connection::Cluster(cluster) => cluster.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Connection::Server(manager) => manager.req_packed_commands(pipeline, offset, count),
+            Connection::Cluster(cluster) => cluster.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Connection::Server(manager) => manager.get_db(),
+            Connection::Cluster(cluster) => cluster.get_db(),
+        }
+    }
+}
+
+/// Refuses a Redis that may evict keys: an evicted campaign or outbox would lose vouchers. On a
+/// cluster every master is asked.
+pub async fn check_no_eviction(con: &mut Connection) -> anyhow::Result<()> {
+    let mut get = redis::cmd("CONFIG");
+    get.arg("GET").arg("maxmemory-policy");
+    match con.on_every_master::<Vec<String>>(get).await {
+        Ok(replies) => {
+            for (_node, pair) in replies {
+                match pair.get(1).map(String::as_str) {
+                    Some("noeviction") | None => {}
+                    Some(policy) => bail!(
+                        "Redis runs with maxmemory-policy {policy}: it could evict campaign state \
+                         or the outbox; set maxmemory-policy noeviction"
+                    ),
+                }
+            }
+            Ok(())
+        }
         // Managed Redis services often disable CONFIG; the operator must vouch for the policy.
         Err(error) => {
             tracing::warn!(%error, "cannot read Redis maxmemory-policy; it must be noeviction");

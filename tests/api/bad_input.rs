@@ -1,9 +1,13 @@
 //! Every malformed request gets a 4xx problem+json with a stable code and changes nothing.
 
 use reqwest::{Method, StatusCode};
+use rstest::rstest;
 use serde_json::{Value, json};
 
-use crate::helpers::TestApp;
+use crate::helpers::{
+    TestApp,
+    Topology::{self, Cluster, Single},
+};
 
 struct Case {
     what: &'static str,
@@ -350,9 +354,12 @@ fn cases() -> Vec<Case> {
     ]
 }
 
+#[rstest]
 #[tokio::test]
-async fn every_malformed_request_is_a_4xx_problem_and_changes_nothing() {
-    let app = TestApp::spawn().await;
+async fn every_malformed_request_is_a_4xx_problem_and_changes_nothing(
+    #[values(Single, Cluster)] topology: Topology,
+) {
+    let app = TestApp::spawn_on(topology).await;
     let id = app.create_campaign(50).await;
     assert_eq!(app.redeem(id, "before", "k").await.outcome(), "REDEEMED");
     let before = app.summary(id).await;

@@ -3,16 +3,24 @@
 use std::collections::HashSet;
 
 use futures::future::join_all;
+use rstest::rstest;
 
-use crate::helpers::{Answer, TestApp, stored};
+use crate::helpers::{
+    Answer, TestApp,
+    Topology::{self, Cluster, Single},
+    stored,
+};
 
 fn count(answers: &[Answer], outcome: &str) -> usize {
     answers.iter().filter(|a| a.outcome() == outcome).count()
 }
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_thousand_users_racing_for_a_hundred_vouchers() {
-    let app = TestApp::spawn().await;
+async fn a_thousand_users_racing_for_a_hundred_vouchers(
+    #[values(Single, Cluster)] topology: Topology,
+) {
+    let app = TestApp::spawn_on(topology).await;
     let id = app.create_campaign(100).await;
 
     let answers = join_all((0..1_000).map(|n| app.redeem(id, format!("user-{n}"), "k"))).await;
@@ -45,9 +53,12 @@ async fn a_thousand_users_racing_for_a_hundred_vouchers() {
     );
 }
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_user_with_a_hundred_keys_gets_one_voucher() {
-    let app = TestApp::spawn().await;
+async fn one_user_with_a_hundred_keys_gets_one_voucher(
+    #[values(Single, Cluster)] topology: Topology,
+) {
+    let app = TestApp::spawn_on(topology).await;
     let id = app.create_campaign(10).await;
 
     let answers = join_all((0..100).map(|n| app.redeem(id, "greedy", format!("key-{n}")))).await;
@@ -58,9 +69,12 @@ async fn one_user_with_a_hundred_keys_gets_one_voucher() {
     app.wait_persisted(id, 1).await;
 }
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_request_sent_a_hundred_times_takes_one_voucher() {
-    let app = TestApp::spawn().await;
+async fn one_request_sent_a_hundred_times_takes_one_voucher(
+    #[values(Single, Cluster)] topology: Topology,
+) {
+    let app = TestApp::spawn_on(topology).await;
     let id = app.create_campaign(10).await;
 
     let answers = join_all((0..100).map(|_| app.redeem(id, "retrier", "same-key"))).await;
@@ -83,9 +97,12 @@ async fn one_request_sent_a_hundred_times_takes_one_voucher() {
     );
 }
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn campaigns_hammered_at_once_do_not_interfere() {
-    let app = TestApp::spawn().await;
+async fn campaigns_hammered_at_once_do_not_interfere(
+    #[values(Single, Cluster)] topology: Topology,
+) {
+    let app = TestApp::spawn_on(topology).await;
     let totals = [5_i64, 20, 50, 200];
     let ids = join_all(totals.iter().map(|total| app.create_campaign(*total))).await;
 

@@ -1,11 +1,18 @@
 use reqwest::StatusCode;
+use rstest::rstest;
 use serde_json::{Value, json};
 
-use crate::helpers::TestApp;
+use crate::helpers::{
+    TestApp,
+    Topology::{self, Cluster, Single},
+};
 
+#[rstest]
 #[tokio::test]
-async fn creating_a_campaign_answers_201_with_location_and_summary() {
-    let app = TestApp::spawn().await;
+async fn creating_a_campaign_answers_201_with_location_and_summary(
+    #[values(Single, Cluster)] topology: Topology,
+) {
+    let app = TestApp::spawn_on(topology).await;
 
     let response = app
         .client
@@ -28,9 +35,10 @@ async fn creating_a_campaign_answers_201_with_location_and_summary() {
     assert_eq!(fetched, body);
 }
 
+#[rstest]
 #[tokio::test]
-async fn the_three_outcomes_and_the_replay_header() {
-    let app = TestApp::spawn().await;
+async fn the_three_outcomes_and_the_replay_header(#[values(Single, Cluster)] topology: Topology) {
+    let app = TestApp::spawn_on(topology).await;
     let id = app.create_campaign(1).await;
 
     let first = app.redeem(id, "alice", "k1").await;
@@ -56,9 +64,10 @@ async fn the_three_outcomes_and_the_replay_header() {
     );
 }
 
+#[rstest]
 #[tokio::test]
-async fn the_idempotency_key_may_come_as_a_header() {
-    let app = TestApp::spawn().await;
+async fn the_idempotency_key_may_come_as_a_header(#[values(Single, Cluster)] topology: Topology) {
+    let app = TestApp::spawn_on(topology).await;
     let id = app.create_campaign(5).await;
     let redeem = |key_header: &'static str, body: Value| {
         app.client
@@ -89,9 +98,10 @@ async fn the_idempotency_key_may_come_as_a_header() {
     assert_eq!(app.summary(id).await["redeemed"], 1);
 }
 
+#[rstest]
 #[tokio::test]
-async fn unicode_user_ids_and_keys_are_accepted() {
-    let app = TestApp::spawn().await;
+async fn unicode_user_ids_and_keys_are_accepted(#[values(Single, Cluster)] topology: Topology) {
+    let app = TestApp::spawn_on(topology).await;
     let id = app.create_campaign(2).await;
 
     let answer = app.redeem(id, "Zoë 🎫", "clé-✓").await;
@@ -104,9 +114,10 @@ async fn unicode_user_ids_and_keys_are_accepted() {
     assert_eq!(stored, [("Zoë 🎫".to_owned(), "clé-✓".to_owned(), 1)]);
 }
 
+#[rstest]
 #[tokio::test]
-async fn an_unknown_campaign_is_a_404_problem() {
-    let app = TestApp::spawn().await;
+async fn an_unknown_campaign_is_a_404_problem(#[values(Single, Cluster)] topology: Topology) {
+    let app = TestApp::spawn_on(topology).await;
     let id = uuid::Uuid::new_v4();
 
     let summary = app.get_campaign(id).await;

@@ -508,7 +508,7 @@ async fn poison_entries_go_to_the_dead_letter_streams_and_the_rest_drains() {
     // the live outbox of the campaign's shard (and to another shard) among the traffic's.
     let shards = Shards::new(16);
     let outbox = shards.campaign(id).outbox;
-    let other = voucher_gateway::redis::keys::outbox((shards.of(id) + 1) % 16);
+    let other = shards.shard((shards.of(id) + 1) % 16).outbox;
     let poison: [(&str, &[(&str, String)]); 7] = [
         (&outbox, &[("garbage", "x".into())]),
         (&outbox, &[("r", "not four parts".into())]),

@@ -5,6 +5,7 @@ use std::{
     net::TcpListener,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
+    sync::OnceLock,
     time::{Duration, Instant},
 };
 
@@ -14,10 +15,13 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use voucher_gateway::{
-    app::App,
+    app::{self, App},
     config::ServeConfig,
     domain::CampaignId,
-    redis::keys::{CampaignKeys, Shards},
+    redis::{
+        Connection,
+        keys::{CampaignKeys, Shards},
+    },
 };
 
 pub fn database_url() -> String {
@@ -29,12 +33,64 @@ pub fn redis_url() -> String {
     std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/1".into())
 }
 
+/// What the shared Redis is: one server, or a Redis Cluster of 3 masters and 3 replicas. The
+/// tests of the contract run on both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Topology {
+    Single,
+    Cluster,
+}
+
+impl Topology {
+    /// The shared Redis's URL: the one server's, or the cluster's seeds.
+    pub fn redis_url(self) -> String {
+        match self {
+            Topology::Single => redis_url(),
+            Topology::Cluster => cluster_url(),
+        }
+    }
+
+    /// The command-line flags that select this topology, for the gateway's processes.
+    pub fn flags(self) -> &'static [&'static str] {
+        match self {
+            Topology::Single => &[],
+            Topology::Cluster => &["--redis-cluster"],
+        }
+    }
+}
+
+/// The shared cluster's seeds: `TEST_REDIS_CLUSTER_URL`, else the cluster `scripts/redis-cluster`
+/// keeps in `target/test-cluster` (started on first use, left running for the next run).
+fn cluster_url() -> String {
+    static URL: OnceLock<String> = OnceLock::new();
+    URL.get_or_init(|| {
+        std::env::var("TEST_REDIS_CLUSTER_URL").unwrap_or_else(|_| {
+            let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+            let up = Command::new(root.join("scripts/redis-cluster"))
+                .arg("up")
+                .arg(root.join("target/test-cluster"))
+                .stderr(Stdio::inherit())
+                .output()
+                .expect("scripts/redis-cluster runs");
+            assert!(up.status.success(), "the test cluster did not start");
+            String::from_utf8(up.stdout).unwrap().trim().to_owned()
+        })
+    })
+    .clone()
+}
+
 /// Test settings: small pools and short Redis timeouts.
 pub fn test_config() -> ServeConfig {
+    test_config_on(Topology::Single)
+}
+
+/// Test settings on the shared Redis of `topology`.
+pub fn test_config_on(topology: Topology) -> ServeConfig {
     let mut config = ServeConfig::try_parse_from(["serve", "--listen", "127.0.0.1:0"]).unwrap();
     config.database.database_url = database_url().into();
     config.database.db_pool_size = 8;
-    config.redis.redis_url = redis_url().into();
+    config.redis.redis_url = topology.redis_url().into();
+    config.redis.redis_cluster = topology == Topology::Cluster;
     config.redis.redis_timeout = Duration::from_secs(1);
     config
 }
@@ -53,7 +109,8 @@ pub struct TestApp {
     pub ops_address: Option<String>,
     pub client: reqwest::Client,
     pub db: PgPool,
-    pub redis: redis::aio::MultiplexedConnection,
+    /// A connection of the test's own to the app's Redis.
+    pub redis: Connection,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -78,20 +135,20 @@ impl TestApp {
         Self::spawn_with(test_config()).await
     }
 
+    pub async fn spawn_on(topology: Topology) -> Self {
+        Self::spawn_with(test_config_on(topology)).await
+    }
+
     pub async fn spawn_with(config: ServeConfig) -> Self {
         let database_url = config.database.database_url.expose().to_owned();
-        let redis_url = config.redis.redis_url.expose().to_owned();
+        let redis = app::open_redis(&config.redis).unwrap();
         let app = App::build(config).await.expect("the app builds");
         let address = format!("http://{}", app.local_addr());
         let ops_address = app.ops_addr().map(|address| format!("http://{address}"));
         let stop = CancellationToken::new();
         let task = tokio::spawn(app.run(stop.clone().cancelled_owned()));
         let db = PgPool::connect(&database_url).await.unwrap();
-        let redis = redis::Client::open(redis_url)
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap();
+        let redis = redis.connect().await.unwrap();
         Self {
             address,
             ops_address,
@@ -238,22 +295,28 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 
 /// Appends outbox entries as `redeem.lua` writes them: (campaign, user, voucher number), key `k`.
 pub async fn queue_entries(
-    con: &mut redis::aio::MultiplexedConnection,
+    con: &mut impl redis::aio::ConnectionLike,
     entries: impl IntoIterator<Item = (CampaignId, String, usize)>,
 ) {
     let shards = Shards::new(16);
-    let mut pipe = redis::pipe();
+    // A pipeline per outbox: on a cluster, each goes to its shard's master.
+    let mut pipes: std::collections::BTreeMap<String, redis::Pipeline> = Default::default();
     for (campaign, user, seq) in entries {
         let outbox = shards.campaign(campaign).outbox;
         let entry = format!("{campaign}\n{user}\nk\n{seq}");
-        pipe.cmd("XADD")
+        pipes
+            .entry(outbox.clone())
+            .or_default()
+            .cmd("XADD")
             .arg(outbox)
             .arg("*")
             .arg("r")
             .arg(entry)
             .ignore();
     }
-    let () = pipe.query_async(con).await.unwrap();
+    for pipe in pipes.values() {
+        let () = pipe.query_async(con).await.unwrap();
+    }
 }
 
 /// Takes an exclusive lock on the campaigns table of `database`: every query of it waits until
@@ -269,7 +332,7 @@ pub async fn lock_campaigns(database: &str) -> sqlx::Transaction<'static, sqlx::
 }
 
 /// Zeroes Redis's command statistics.
-pub async fn reset_command_stats(con: &mut redis::aio::MultiplexedConnection) {
+pub async fn reset_command_stats(con: &mut impl redis::aio::ConnectionLike) {
     let _: () = redis::cmd("CONFIG")
         .arg("RESETSTAT")
         .query_async(con)
@@ -279,7 +342,7 @@ pub async fn reset_command_stats(con: &mut redis::aio::MultiplexedConnection) {
 
 /// How many times Redis ran `command` (lowercase, as `INFO commandstats` names it) since its
 /// statistics were last zeroed.
-pub async fn command_calls(con: &mut redis::aio::MultiplexedConnection, command: &str) -> u64 {
+pub async fn command_calls(con: &mut impl redis::aio::ConnectionLike, command: &str) -> u64 {
     let info: String = redis::cmd("INFO")
         .arg("commandstats")
         .query_async(con)

@@ -5,11 +5,13 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use redis::AsyncCommands;
 use reqwest::StatusCode;
+use rstest::rstest;
 use voucher_gateway::{domain::CampaignId, redis::keys::Shards};
 
 use crate::helpers::{
-    RedisServer, TestApp, command_calls, private_redis_config, queue_entries, reset_command_stats,
-    stored,
+    RedisServer, TestApp,
+    Topology::{self, Cluster, Single},
+    command_calls, private_redis_config, queue_entries, reset_command_stats, stored,
 };
 
 async fn forget(app: &TestApp, id: voucher_gateway::domain::CampaignId) {
@@ -18,9 +20,12 @@ async fn forget(app: &TestApp, id: voucher_gateway::domain::CampaignId) {
     let _: () = con.del(&[&keys.campaign, &keys.users]).await.unwrap();
 }
 
+#[rstest]
 #[tokio::test]
-async fn a_campaign_deleted_from_redis_answers_as_before() {
-    let app = TestApp::spawn().await;
+async fn a_campaign_deleted_from_redis_answers_as_before(
+    #[values(Single, Cluster)] topology: Topology,
+) {
+    let app = TestApp::spawn_on(topology).await;
     let id = app.create_campaign(10).await;
     for n in 0..4 {
         app.redeem(id, format!("user-{n}"), "k").await;
@@ -69,9 +74,15 @@ async fn entries_still_in_the_outbox_count_when_hydrating() {
     assert_eq!(app.summary(id).await["remaining"], 7);
 }
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fifty_concurrent_first_touches_on_two_gateways_hydrate_once_correctly() {
-    let (first, second) = (TestApp::spawn().await, TestApp::spawn().await);
+async fn fifty_concurrent_first_touches_on_two_gateways_hydrate_once_correctly(
+    #[values(Single, Cluster)] topology: Topology,
+) {
+    let (first, second) = (
+        TestApp::spawn_on(topology).await,
+        TestApp::spawn_on(topology).await,
+    );
     let id = first.create_campaign(100).await;
     for n in 0..20 {
         first.redeem(id, format!("old-{n}"), "k").await;

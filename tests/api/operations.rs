@@ -130,7 +130,9 @@ async fn ready_names_what_is_wrong() {
 #[tokio::test]
 async fn ready_names_a_shard_without_a_live_writer_loop() {
     let db = PgPool::connect(&database_url()).await.unwrap();
-    let redis = voucher_gateway::redis::connect_manager(&redis_url(), Duration::from_secs(1))
+    let redis = voucher_gateway::redis::Redis::open(&redis_url(), false, Duration::from_secs(1))
+        .unwrap()
+        .connect()
         .await
         .unwrap();
     let shards = Shards::new(16);
@@ -141,7 +143,13 @@ async fn ready_names_a_shard_without_a_live_writer_loop() {
         .map(|s| liveness.enter(s))
         .collect();
     let max_lag = Duration::from_secs(30);
-    let probe = Probe::new(redis.clone(), db.clone(), shards, max_lag, Some(liveness));
+    let probe = Probe::new(
+        redis.clone(),
+        db.clone(),
+        shards.clone(),
+        max_lag,
+        Some(liveness),
+    );
 
     let readiness = probe.readiness().await;
     assert_eq!(readiness.status, "unavailable");

@@ -6,6 +6,7 @@ use std::{collections::HashSet, time::Duration};
 use futures::future::join_all;
 use redis::{AsyncCommands, streams::StreamInfoConsumersReply};
 use reqwest::StatusCode;
+use rstest::rstest;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use voucher_gateway::{
@@ -17,12 +18,17 @@ use voucher_gateway::{
 };
 
 use crate::helpers::{
-    PgServer, RedisServer, TestApp, private_redis_config, stored, test_config, wait_persisted,
+    PgServer, RedisServer, TestApp,
+    Topology::{self, Cluster, Single},
+    private_redis_config, stored, test_config, wait_persisted,
 };
 
+#[rstest]
 #[tokio::test]
-async fn postgres_holds_exactly_the_redeemed_set_after_the_writer_drains() {
-    let app = TestApp::spawn().await;
+async fn postgres_holds_exactly_the_redeemed_set_after_the_writer_drains(
+    #[values(Single, Cluster)] topology: Topology,
+) {
+    let app = TestApp::spawn_on(topology).await;
     let id = app.create_campaign(1_000).await;
 
     let mut expected = HashSet::new();
@@ -59,15 +65,16 @@ struct Manual {
     id: CampaignId,
     shard: ShardKeys,
     stream: String,
-    pool: deadpool_redis::Pool,
+    redis: voucher_gateway::redis::Redis,
     settings: WriterSettings,
 }
 
 impl Manual {
     /// A writer of the campaign's shard reading as `consumer`.
-    fn writer(&self, consumer: &str, settings: WriterSettings) -> Writer {
-        let (pool, db) = (self.pool.clone(), self.app.db.clone());
-        Writer::new(pool, db, self.shard.clone(), consumer.into(), settings)
+    async fn writer(&self, consumer: &str, settings: WriterSettings) -> Writer {
+        let con = self.redis.connect_blocking(settings.block).await.unwrap();
+        let db = self.app.db.clone();
+        Writer::new(con, db, self.shard.clone(), consumer.into(), settings)
     }
 
     async fn start() -> Self {
@@ -75,17 +82,16 @@ impl Manual {
         let config = private_redis_config(&redis, false);
         let app = TestApp::spawn_with(config.clone()).await;
         let id = app.create_campaign(100).await;
-        let shard = ShardKeys::of(Shards::new(16).of(id));
+        let shards = Shards::new(16);
+        let shard = shards.shard(shards.of(id));
         let stream = shard.outbox.clone();
-        let pool =
-            voucher_gateway::redis::connect_pool(&redis.url(), 4, Duration::from_secs(1)).unwrap();
         Self {
             _redis: redis,
             app,
             id,
             shard,
             stream,
-            pool,
+            redis: app::open_redis(&config.redis).unwrap(),
             settings: app::writer_settings(&config),
         }
     }
@@ -105,11 +111,11 @@ async fn entries_of_a_consumer_killed_between_read_and_ack_are_claimed_and_store
     settings.claim_idle = claim_idle;
 
     // A consumer reads the entries, then dies before it stores or acknowledges them.
-    let doomed = m.writer("doomed", settings.clone());
+    let doomed = m.writer("doomed", settings.clone()).await;
     doomed.ensure_group().await.unwrap();
     assert_eq!(doomed.read().await.unwrap().entries.len(), 40);
     drop(doomed);
-    let survivor = m.writer("survivor", settings);
+    let survivor = m.writer("survivor", settings).await;
     assert!(
         survivor.read().await.unwrap().entries.is_empty(),
         "nothing new to read: all pending"
@@ -130,7 +136,7 @@ async fn entries_of_a_consumer_killed_between_read_and_ack_are_claimed_and_store
     assert_eq!(stored(&m.app.db, m.id).await.len(), 40);
 
     // The dead consumer, holding nothing now, is removed once silent for ten claim timeouts.
-    let consumers = async |con: &mut redis::aio::MultiplexedConnection| {
+    let consumers = async |con: &mut voucher_gateway::redis::Connection| {
         let reply: StreamInfoConsumersReply =
             con.xinfo_consumers(&m.stream, "writers").await.unwrap();
         reply.consumers.len()
@@ -153,14 +159,14 @@ async fn a_consumer_that_lost_what_it_read_stores_it_at_once_when_it_reads_again
     settings.claim_idle = Duration::from_secs(600);
 
     // Its process dies, or its connection drops, after Redis delivered the entries.
-    let before = m.writer("instance-a/0", settings.clone());
+    let before = m.writer("instance-a/0", settings.clone()).await;
     before.ensure_group().await.unwrap();
     assert_eq!(before.read().await.unwrap().entries.len(), 40);
     drop(before);
-    let other = m.writer("instance-b/0", settings.clone());
+    let other = m.writer("instance-b/0", settings.clone()).await;
     assert!(other.read().await.unwrap().entries.is_empty());
 
-    let again = m.writer("instance-a/0", settings);
+    let again = m.writer("instance-a/0", settings).await;
     let cancel = CancellationToken::new();
     assert_eq!(again.step(&cancel).await.unwrap(), 40, "the first step");
     m.app.wait_persisted(m.id, 40).await;
@@ -169,9 +175,12 @@ async fn a_consumer_that_lost_what_it_read_stores_it_at_once_when_it_reads_again
     assert_eq!(left, 0);
 }
 
+#[rstest]
 #[tokio::test]
-async fn writers_storing_overlapping_batches_at_once_never_deadlock() {
-    let app = TestApp::spawn().await;
+async fn writers_storing_overlapping_batches_at_once_never_deadlock(
+    #[values(Single, Cluster)] topology: Topology,
+) {
+    let app = TestApp::spawn_on(topology).await;
     for round in 0..20 {
         let id = app.create_campaign(1_000).await;
         let batch: Vec<OutboxEntry> = (0..200)
@@ -192,9 +201,12 @@ async fn writers_storing_overlapping_batches_at_once_never_deadlock() {
     }
 }
 
+#[rstest]
 #[tokio::test]
-async fn an_entry_refused_for_its_voucher_number_leaves_its_room_to_the_next() {
-    let app = TestApp::spawn().await;
+async fn an_entry_refused_for_its_voucher_number_leaves_its_room_to_the_next(
+    #[values(Single, Cluster)] topology: Topology,
+) {
+    let app = TestApp::spawn_on(topology).await;
     let id = app.create_campaign(2).await;
     let held = outbox_entry(id, "holder", 1);
     assert_eq!(
@@ -247,8 +259,8 @@ async fn writers_of_one_outbox_take_turns_so_one_flush_interval_makes_one_batch(
     let m = Manual::start().await;
     let mut settings = m.settings.clone();
     settings.flush_interval = Duration::from_millis(500);
-    let first = m.writer("first", settings.clone());
-    let second = m.writer("second", settings).taking_turns_with(&first);
+    let first = m.writer("first", settings.clone()).await;
+    let second = m.writer("second", settings).await.taking_turns_with(&first);
     first.ensure_group().await.unwrap();
     assert_eq!(
         m.app.redeem(m.id, "user-0", "k").await.outcome(),

@@ -2,21 +2,27 @@
 //! gateway serves, the second repair a no-op, and the exit codes.
 
 use redis::AsyncCommands;
+use rstest::rstest;
 use serde_json::Value;
 use voucher_gateway::domain::CampaignId;
 
 use crate::{
-    helpers::{TestApp, database_url, free_port, redis_url, stored},
+    helpers::{
+        TestApp,
+        Topology::{self, Cluster, Single},
+        database_url, free_port, redis_url, stored,
+    },
     process::{reconcile, reconcile_command},
 };
 
-async fn check(id: CampaignId, repair: bool) -> crate::process::Reconciled {
+async fn check(topology: Topology, id: CampaignId, repair: bool) -> crate::process::Reconciled {
     let id = id.to_string();
     let mut args = vec!["--campaign", id.as_str()];
+    args.extend(topology.flags());
     if repair {
         args.push("--repair");
     }
-    reconcile(&database_url(), &redis_url(), &args).await
+    reconcile(&database_url(), &topology.redis_url(), &args).await
 }
 
 fn users(list: &Value) -> Vec<&str> {
@@ -30,14 +36,15 @@ fn users(list: &Value) -> Vec<&str> {
     users
 }
 
+#[rstest]
 #[tokio::test]
-async fn a_campaign_in_sync_exits_0() {
-    let app = TestApp::spawn().await;
+async fn a_campaign_in_sync_exits_0(#[values(Single, Cluster)] topology: Topology) {
+    let app = TestApp::spawn_on(topology).await;
     let id = app.create_campaign(5).await;
     app.redeem(id, "a", "k").await;
     app.wait_persisted(id, 1).await;
 
-    let found = check(id, false).await;
+    let found = check(topology, id, false).await;
     assert_eq!(found.code, 0, "{}", found.stderr);
     let campaign = found.campaign(id);
     assert_eq!(campaign["postgres"]["rows"], 1);
@@ -46,9 +53,12 @@ async fn a_campaign_in_sync_exits_0() {
     assert_eq!(found.report["in_sync"], 1);
 }
 
+#[rstest]
 #[tokio::test]
-async fn every_kind_of_difference_is_found_then_repaired_once() {
-    let app = TestApp::spawn().await;
+async fn every_kind_of_difference_is_found_then_repaired_once(
+    #[values(Single, Cluster)] topology: Topology,
+) {
+    let app = TestApp::spawn_on(topology).await;
     let id = app.create_campaign(10).await;
     for user in ["a", "b", "c"] {
         app.redeem(id, user, "k").await;
@@ -68,7 +78,7 @@ async fn every_kind_of_difference_is_found_then_repaired_once() {
         .await
         .unwrap();
 
-    let found = check(id, false).await;
+    let found = check(topology, id, false).await;
     assert_eq!(found.code, 1, "{}", found.stderr);
     let campaign = found.campaign(id);
     assert_eq!(users(&campaign["lost_from_outbox"]), ["ghost"]);
@@ -85,7 +95,7 @@ async fn every_kind_of_difference_is_found_then_repaired_once() {
     assert_eq!(campaign["drift"][1]["remaining"], 12);
     assert_eq!(campaign["drift"][1]["expected"], 7);
 
-    let repaired = check(id, true).await;
+    let repaired = check(topology, id, true).await;
     assert_eq!(repaired.code, 0, "{:#}", repaired.report);
     let campaign = repaired.campaign(id);
     assert_eq!(campaign["repaired"]["written_to_postgres"], 1);
@@ -107,7 +117,7 @@ async fn every_kind_of_difference_is_found_then_repaired_once() {
     );
     assert_eq!(app.redeem(id, "b", "k").await.outcome(), "REDEEMED");
 
-    let again = check(id, true).await;
+    let again = check(topology, id, true).await;
     assert_eq!(again.code, 0);
     assert!(
         again.campaign(id).get("repaired").is_none(),
@@ -116,9 +126,12 @@ async fn every_kind_of_difference_is_found_then_repaired_once() {
     assert_eq!(stored(&app.db, id).await, rows);
 }
 
+#[rstest]
 #[tokio::test]
-async fn a_refused_grant_is_listed_and_removed_from_redis_by_repair() {
-    let app = TestApp::spawn().await;
+async fn a_refused_grant_is_listed_and_removed_from_redis_by_repair(
+    #[values(Single, Cluster)] topology: Topology,
+) {
+    let app = TestApp::spawn_on(topology).await;
     let id = app.create_campaign(1).await;
     app.redeem(id, "first", "k").await;
     app.wait_persisted(id, 1).await;
@@ -130,7 +143,7 @@ async fn a_refused_grant_is_listed_and_removed_from_redis_by_repair() {
     assert_eq!(app.redeem(id, "second", "k").await.outcome(), "REDEEMED");
     wait_rejected(&app, id, 1).await;
 
-    let found = check(id, false).await;
+    let found = check(topology, id, false).await;
     assert_eq!(found.code, 1);
     let campaign = found.campaign(id);
     assert_eq!(campaign["rejected"][0]["user"], "second");
@@ -138,7 +151,7 @@ async fn a_refused_grant_is_listed_and_removed_from_redis_by_repair() {
     assert_eq!(campaign["rejected"][0]["still_in_redis"], true);
     assert_eq!(users(&campaign["missing_in_redis"]), ["first"]);
 
-    let repaired = check(id, true).await;
+    let repaired = check(topology, id, true).await;
     assert_eq!(repaired.code, 0, "{:#}", repaired.report);
     let campaign = repaired.campaign(id);
     assert_eq!(campaign["repaired"]["removed_from_redis"], 1);
@@ -167,23 +180,23 @@ async fn wait_rejected(app: &TestApp, id: CampaignId, count: i64) {
     }
 }
 
+#[rstest]
 #[tokio::test]
-async fn the_table_names_each_difference() {
-    let app = TestApp::spawn().await;
+async fn the_table_names_each_difference(#[values(Single, Cluster)] topology: Topology) {
+    let app = TestApp::spawn_on(topology).await;
     let id = app.create_campaign(3).await;
     app.redeem(id, "a", "k").await;
     app.wait_persisted(id, 1).await;
     let mut con = app.redis.clone();
     let _: () = con.hdel(&app.keys(id).users, "a").await.unwrap();
 
-    let output = reconcile_command(
-        &database_url(),
-        &redis_url(),
-        &["--campaign", &id.to_string()],
-    )
-    .output()
-    .await
-    .unwrap();
+    let id = id.to_string();
+    let mut args = vec!["--campaign", id.as_str()];
+    args.extend(topology.flags());
+    let output = reconcile_command(&database_url(), &topology.redis_url(), &args)
+        .output()
+        .await
+        .unwrap();
     assert_eq!(output.status.code(), Some(1));
     let table = String::from_utf8(output.stdout).unwrap();
     assert!(table.contains(&id.to_string()), "{table}");
@@ -217,9 +230,12 @@ async fn an_unknown_campaign_exits_1_and_an_unreachable_server_exits_2() {
     assert!(!failed.stderr.contains("panicked"), "{}", failed.stderr);
 }
 
+#[rstest]
 #[tokio::test]
-async fn a_refused_pair_granted_again_and_stored_is_a_holder_not_an_open_refusal() {
-    let app = TestApp::spawn().await;
+async fn a_refused_pair_granted_again_and_stored_is_a_holder_not_an_open_refusal(
+    #[values(Single, Cluster)] topology: Topology,
+) {
+    let app = TestApp::spawn_on(topology).await;
     let id = app.create_campaign(5).await;
     app.redeem(id, "again", "k").await;
     app.wait_persisted(id, 1).await;
@@ -233,7 +249,7 @@ async fn a_refused_pair_granted_again_and_stored_is_a_holder_not_an_open_refusal
     .await
     .unwrap();
 
-    let repaired = check(id, true).await;
+    let repaired = check(topology, id, true).await;
     assert_eq!(repaired.code, 0, "{:#}", repaired.report);
     let campaign = repaired.campaign(id);
     assert_eq!(campaign["rejected"][0]["still_in_redis"], false);

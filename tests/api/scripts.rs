@@ -254,7 +254,7 @@ async fn stream_ids(con: &mut MultiplexedConnection, stream: &str) -> Vec<String
 
 /// A private outbox with its writers' group and nine entries: (stream, their ids).
 async fn nine_entries(con: &mut MultiplexedConnection) -> (String, Vec<String>) {
-    let stream = keys::outbox(0);
+    let stream = Shards::new(16).shard(0).outbox;
     let () = con
         .xgroup_create_mkstream(&stream, keys::WRITER_GROUP, "0")
         .await
