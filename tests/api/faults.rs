@@ -22,10 +22,10 @@ use crate::{
     process::{GatewayProcess, create_campaign, private_database, reconcile},
 };
 
-const CLIENTS: usize = 16;
+pub const CLIENTS: usize = 16;
 
 /// Plenty: these tests never sell out unless they mean to.
-const LARGE: i64 = 1_000_000;
+pub const LARGE: i64 = 1_000_000;
 
 /// After any single fault, every acknowledged redemption is in PostgreSQL this soon after the
 /// service is back.
@@ -42,8 +42,12 @@ async fn connect(redis_url: &str) -> redis::aio::MultiplexedConnection {
 /// Waits until every outbox stream is empty: each entry written to PostgreSQL and acknowledged.
 /// Returns how long that took.
 async fn wait_drained(redis_url: &str) -> Duration {
+    wait_drained_on(&mut connect(redis_url).await).await
+}
+
+/// `wait_drained` on a connection of any topology.
+pub async fn wait_drained_on(con: &mut impl AsyncCommands) -> Duration {
     let started = Instant::now();
-    let mut con = connect(redis_url).await;
     loop {
         let mut backlog = 0;
         for outbox in Shards::new(16).outboxes() {
@@ -62,7 +66,11 @@ async fn wait_drained(redis_url: &str) -> Duration {
 
 /// Entries pending with the writers of `instance`.
 async fn pending_with(redis_url: &str, instance: &str) -> u64 {
-    let mut con = connect(redis_url).await;
+    pending_with_on(&mut connect(redis_url).await, instance).await
+}
+
+/// `pending_with` on a connection of any topology.
+pub async fn pending_with_on(con: &mut impl AsyncCommands, instance: &str) -> u64 {
     let prefix = format!("{instance}/");
     let mut pending = 0;
     for outbox in Shards::new(16).outboxes() {
@@ -80,7 +88,7 @@ async fn pending_with(redis_url: &str, instance: &str) -> u64 {
 }
 
 /// Waits until the gateway answers that the campaign has no voucher left.
-async fn wait_sold_out(app: &TestApp, id: CampaignId) {
+pub async fn wait_sold_out(app: &TestApp, id: CampaignId) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let response = app.get_campaign(id).await;
@@ -94,12 +102,15 @@ async fn wait_sold_out(app: &TestApp, id: CampaignId) {
     }
 }
 
-async fn shared_db() -> PgPool {
+pub async fn shared_db() -> PgPool {
     PgPool::connect(&database_url()).await.unwrap()
 }
 
 /// Holds the campaign's row lock, so that the writers storing its entries stall with them.
-async fn stall_writers(db: &PgPool, id: CampaignId) -> sqlx::Transaction<'static, sqlx::Postgres> {
+pub async fn stall_writers(
+    db: &PgPool,
+    id: CampaignId,
+) -> sqlx::Transaction<'static, sqlx::Postgres> {
     let mut stall = db.begin().await.unwrap();
     sqlx::query("select 1 from campaigns where id = $1 for update")
         .bind(id.as_uuid())
@@ -112,16 +123,21 @@ async fn stall_writers(db: &PgPool, id: CampaignId) -> sqlx::Transaction<'static
 /// Waits until the writers of `instance` hold entries read and not yet stored, and a moment
 /// more for each of them to take a batch; returns how many entries they hold.
 async fn wait_held(redis_url: &str, instance: &str) -> u64 {
+    wait_held_on(&mut connect(redis_url).await, instance).await
+}
+
+/// `wait_held` on a connection of any topology.
+pub async fn wait_held_on(con: &mut impl AsyncCommands, instance: &str) -> u64 {
     let deadline = Instant::now() + Duration::from_secs(20);
-    while pending_with(redis_url, instance).await == 0 {
+    while pending_with_on(con, instance).await == 0 {
         assert!(Instant::now() < deadline, "the writers never held entries");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    pending_with(redis_url, instance).await
+    pending_with_on(con, instance).await
 }
 
-fn assert_durable_in_time(fault: &str, durable: Duration) {
+pub fn assert_durable_in_time(fault: &str, durable: Duration) {
     assert!(
         durable < DURABLE_WITHIN,
         "{fault}: the last acknowledged redemption reached PostgreSQL {durable:?} after the \

@@ -573,3 +573,67 @@ fn wait_until(mut ready: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A private Redis Cluster of 3 masters and 3 replicas (`scripts/redis-cluster`) on free ports, in
+/// a temporary directory, with a 2 s `cluster-node-timeout`; killed on drop.
+pub struct RedisCluster {
+    dir: tempfile::TempDir,
+    pub url: String,
+}
+
+impl RedisCluster {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let up = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/redis-cluster"))
+            .arg("up")
+            .arg(dir.path())
+            .stderr(Stdio::inherit())
+            .output()
+            .unwrap();
+        assert!(up.status.success(), "the cluster did not start");
+        let url = String::from_utf8(up.stdout).unwrap().trim().to_owned();
+        Self { dir, url }
+    }
+
+    /// Settings for a gateway on this cluster.
+    pub fn config(&self, writer: bool) -> ServeConfig {
+        let mut config = test_config_on(Topology::Cluster);
+        config.redis.redis_url = self.url.clone().into();
+        config.writer.no_writer = !writer;
+        config
+    }
+
+    /// A connection of the test's own, following the cluster's slots.
+    pub async fn connect(&self) -> Connection {
+        voucher_gateway::redis::Redis::open(&self.url, true, Duration::from_secs(1))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    /// SIGKILL of the node on `port`: no shutdown, no save.
+    pub fn kill(&self, port: u16) {
+        let pid = std::fs::read_to_string(self.dir.path().join(format!("{port}.pid"))).unwrap();
+        run(Command::new("kill").args(["-9", pid.trim()]));
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        let _ = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/redis-cluster"))
+            .arg("down")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// `redis-cli -p port args...`, its output.
+pub fn redis_cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap()
+}

@@ -43,6 +43,8 @@ pub struct Record {
     /// The `status` of a 200 answer; `None` when there was no decision.
     pub decision: Option<String>,
     pub body: String,
+    /// The `Retry-After` header of a 503.
+    pub retry_after: Option<String>,
     /// Which phase of the test the attempt was made in.
     pub phase: usize,
     /// When the answer came.
@@ -220,10 +222,15 @@ impl Client {
                 .json(&json!({"userId": user, "idempotencyKey": key}))
                 .send()
                 .await;
+            let mut retry_after = None;
             let (decision, body) = match sent {
                 Ok(response) => {
                     let ok = response.status().is_success();
                     let status = response.status();
+                    retry_after = response
+                        .headers()
+                        .get("retry-after")
+                        .map(|value| value.to_str().unwrap().to_owned());
                     let body = response.text().await.unwrap_or_default();
                     assert!(
                         ok || status == reqwest::StatusCode::SERVICE_UNAVAILABLE,
@@ -243,6 +250,7 @@ impl Client {
                 kind,
                 decision: decision.clone(),
                 body,
+                retry_after,
                 phase: self.phase.load(Ordering::Relaxed),
                 at: Instant::now(),
             });
@@ -264,6 +272,39 @@ impl History {
     pub fn merge(mut self, other: History) -> History {
         self.records.extend(other.records);
         self
+    }
+
+    /// The longest time without any decision from `since` on: how long a fault at `since` kept
+    /// the clients waiting.
+    pub fn longest_silence_after(&self, since: Instant) -> Duration {
+        let mut times: Vec<Instant> = self
+            .decided()
+            .map(|r| r.at)
+            .filter(|at| *at >= since)
+            .collect();
+        times.sort();
+        let mut last = since;
+        let mut longest = Duration::ZERO;
+        for at in times {
+            longest = longest.max(at - last);
+            last = at;
+        }
+        longest
+    }
+
+    /// Answers that were not a decision (a 503 or no answer at all), and the 503s among them
+    /// without a `Retry-After`.
+    pub fn undecided_and_without_retry_after(&self) -> (usize, usize) {
+        let undecided: Vec<&Record> = self
+            .records
+            .iter()
+            .filter(|r| r.decision.is_none())
+            .collect();
+        let without = undecided
+            .iter()
+            .filter(|r| r.body.contains("\"status\":503") && r.retry_after.is_none())
+            .count();
+        (undecided.len(), without)
     }
 
     /// How long after `since` the first decision came.
