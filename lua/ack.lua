@@ -1,7 +1,7 @@
 -- ack.lua: acknowledge outbox entries the writer has committed to PostgreSQL, and delete them.
 -- One script so the two steps cannot be separated (Redis 7.0 has no XACKDEL).
 --
--- KEYS[1]  {vg:N}:outbox   ARGV[1] consumer group   ARGV[2..] entry ids, oldest first
+-- KEYS[1]  {vg:N.k}:outbox   ARGV[1] consumer group   ARGV[2..] entry ids, oldest first
 -- Returns the number of entries acknowledged.
 --
 -- A group delivers in stream order, so every entry older than the group's position has been

@@ -2,7 +2,7 @@
 -- stream, and out of the outbox and its pending list, in one step: an entry is never in both
 -- streams, nor in neither.
 --
--- KEYS[1]  {vg:N}:outbox   KEYS[2]  {vg:N}:dead   ARGV[1] consumer group
+-- KEYS[1]  {vg:N.k}:outbox   KEYS[2]  {vg:N.k}:dead   ARGV[1] consumer group
 -- ARGV[2..] entry id, reason pairs
 -- Each dead letter holds the fields `id` (the outbox entry's id) and `reason`, then the entry's
 -- own fields, each name prefixed with `f:`. An id no longer in the outbox (moved or stored by

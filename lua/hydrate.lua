@@ -2,8 +2,8 @@
 -- Called in two phases so that a campaign with a million holders loads in bounded chunks:
 -- 'users' chunks first, then one 'commit' that makes the campaign visible to redeem.lua.
 --
--- KEYS[1]  {vg:N}:c:<campaign>  hash: total, remaining, name, seq
--- KEYS[2]  {vg:N}:u:<campaign>  hash: userId -> idempotencyKey
+-- KEYS[1]  {vg:N.k}:c:<campaign>  hash: total, remaining, name, seq
+-- KEYS[2]  {vg:N.k}:u:<campaign>  hash: userId -> idempotencyKey
 -- ARGV[1] = 'users'   ARGV[2..]: userId, idempotencyKey pairs
 -- ARGV[1] = 'commit'  ARGV[2]: total  ARGV[3]: name  ARGV[4]: distinct holders the caller loaded
 --                     ARGV[5]: the highest voucher number known given (the next one is above it)

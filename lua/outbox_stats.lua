@@ -1,6 +1,6 @@
 -- outbox_stats.lua: how far one outbox shard's writers are behind, for /metrics and /ready.
 --
--- KEYS[1]  {vg:N}:outbox   ARGV[1] consumer group
+-- KEYS[1]  {vg:N.k}:outbox   ARGV[1] consumer group
 -- Returns {now_ms, length, pending, oldest_pending_ms, oldest_ms}: Redis's clock (the clock that
 -- stamped the entry ids, so ages need no other clock), the entries in the stream, the entries
 -- read by a writer and not yet acknowledged, and the id times of the oldest pending entry and of

@@ -1,7 +1,7 @@
 -- prune.lua: remove consumers of dead writers from the group. Every process start adds
 -- consumers with new names, so without this the group's consumer list only grows.
 --
--- KEYS[1]  {vg:N}:outbox   ARGV[1] consumer group   ARGV[2] idle ms   ARGV[3] the caller's name
+-- KEYS[1]  {vg:N.k}:outbox   ARGV[1] consumer group   ARGV[2] idle ms   ARGV[3] the caller's name
 -- Removes each other consumer idle for at least ARGV[2] ms that holds no pending entry, and
 -- returns how many. Atomic, so a consumer cannot take an entry between the check and the
 -- removal (XGROUP DELCONSUMER drops a consumer's pending entries with it).

@@ -1,8 +1,8 @@
 -- redeem.lua: decide one redeem atomically and queue it for PostgreSQL.
 --
--- KEYS[1]  {vg:N}:c:<campaign>  hash: total, remaining, name, seq (the last voucher number given)
--- KEYS[2]  {vg:N}:u:<campaign>  hash: userId -> idempotencyKey of that user's redemption
--- KEYS[3]  {vg:N}:outbox        stream: one entry per voucher taken
+-- KEYS[1]  {vg:N.k}:c:<campaign>  hash: total, remaining, name, seq (the last voucher number given)
+-- KEYS[2]  {vg:N.k}:u:<campaign>  hash: userId -> idempotencyKey of that user's redemption
+-- KEYS[3]  {vg:N.k}:outbox        stream: one entry per voucher taken
 -- ARGV[1]  campaign id          ARGV[2] userId          ARGV[3] idempotencyKey
 --
 -- Returns one integer, the voucher number of a new redemption or a code:

@@ -1,8 +1,8 @@
 -- repair.lua: make one campaign's Redis state agree with PostgreSQL, atomically, while redeems
 -- keep running: no redeem sees a half-repaired campaign.
 --
--- KEYS[1]  {vg:N}:c:<campaign>  hash: total, remaining, name, seq
--- KEYS[2]  {vg:N}:u:<campaign>  hash: userId -> idempotencyKey
+-- KEYS[1]  {vg:N.k}:c:<campaign>  hash: total, remaining, name, seq
+-- KEYS[2]  {vg:N.k}:u:<campaign>  hash: userId -> idempotencyKey
 -- ARGV[1]  total (PostgreSQL's)
 -- ARGV[2]  the highest voucher number PostgreSQL knows given
 -- ARGV[3]  n, the number of holders to set

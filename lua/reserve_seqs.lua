@@ -2,7 +2,7 @@
 -- reconcile writes to PostgreSQL. Never creates the campaign hash: a hash without `remaining`
 -- would look loaded to hydration and unloaded to redeems.
 --
--- KEYS[1]  {vg:N}:c:<campaign>   ARGV[1]  how many numbers
+-- KEYS[1]  {vg:N.k}:c:<campaign>   ARGV[1]  how many numbers
 -- Returns the last number reserved (the first is that minus ARGV[1] plus one), or nil when the
 -- campaign is not loaded.
 

@@ -19,7 +19,7 @@ const BINARY: &str = env!("CARGO_BIN_EXE_voucher-gateway");
 /// A `voucher-gateway serve` process on a port of its own.
 pub struct GatewayProcess {
     pub url: String,
-    port: u16,
+    pub port: u16,
     env: Vec<(String, String)>,
     /// Whether its log lines (stderr) are kept for the test, rather than shown.
     logged: bool,
