@@ -20,15 +20,17 @@ COPY lua lua
 # COPY keeps mtimes, which may predate the stand-ins' build: touch so cargo rebuilds the crate.
 RUN touch src/main.rs src/lib.rs && cargo build --release --locked
 
-# The test suite, run by scripts/test. It needs what scripts/services and tests/api/helpers.rs
-# run: redis-server and redis-cli, a Debian cluster (pg_ctlcluster, /etc/postgresql/15/main),
-# initdb and pg_ctl under `pg_config --bindir` (as the postgres user, via runuser), psql, dropdb;
+# The test suite, run by scripts/test. It needs what scripts/services, scripts/redis-cluster and
+# tests/api/helpers.rs run: redis-server and redis-cli, a Debian cluster (pg_ctlcluster,
+# /etc/postgresql/15/main), initdb and pg_ctl under `pg_config --bindir` (as the postgres user,
+# via runuser), psql, dropdb, python3 (free ports), HAProxy and k6 (the load-balanced load test);
 # wrk only so that scripts/services finds nothing to install.
 FROM deps AS tests
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        postgresql redis-server wrk \
+        postgresql redis-server wrk haproxy python3 \
     && rm -rf /var/lib/apt/lists/*
+COPY --from=grafana/k6:1.1.0 /usr/bin/k6 /usr/local/bin/k6
 # Test dependencies (debug profile, dev-dependencies) in their own layer, as above.
 RUN cargo test --locked --no-run
 COPY . .
