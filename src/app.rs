@@ -131,10 +131,19 @@ fn instance_id(config: &ServeConfig, listening: SocketAddr) -> String {
 
 /// Where Redis is, from its settings.
 pub fn open_redis(config: &RedisConfig) -> anyhow::Result<vg_redis::Redis> {
+    let ca = config
+        .redis_ca_file
+        .as_ref()
+        .map(|file| {
+            std::fs::read(file)
+                .with_context(|| format!("cannot read VG_REDIS_CA_FILE {}", file.display()))
+        })
+        .transpose()?;
     vg_redis::Redis::open(
         config.redis_url.expose(),
         config.redis_cluster,
         config.redis_timeout,
+        ca,
     )
 }
 

@@ -180,6 +180,10 @@ pub struct RedisConfig {
     /// resharding and failover.
     #[arg(long, env = "VG_REDIS_CLUSTER")]
     pub redis_cluster: bool,
+    /// PEM file of the certificate authorities to trust for `rediss://`, instead of the
+    /// system's (a private CA).
+    #[arg(long, env = "VG_REDIS_CA_FILE")]
+    pub redis_ca_file: Option<std::path::PathBuf>,
     /// Longest wait for a Redis connection or reply; past it a redeem answers 503.
     #[arg(long, env = "VG_REDIS_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
     pub redis_timeout: Duration,

@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use redis::{
-    Client, Cmd, FromRedisValue, IntoConnectionInfo, RedisFuture, RedisResult, Value,
+    Client, Cmd, FromRedisValue, IntoConnectionInfo, RedisFuture, RedisResult, TlsCertificates,
+    Value,
     aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig},
     cluster::{ClusterClient, ClusterClientBuilder},
     cluster_async::ClusterConnection,
@@ -36,7 +37,10 @@ pub struct Redis {
 #[derive(Clone)]
 enum Target {
     Server(Client),
-    Cluster(Vec<redis::ConnectionInfo>),
+    Cluster {
+        seeds: Vec<redis::ConnectionInfo>,
+        ca: Option<Vec<u8>>,
+    },
 }
 
 /// A multiplexed connection to one server or to every node of a cluster. It reconnects by itself
@@ -49,8 +53,16 @@ pub enum Connection {
 
 impl Redis {
     /// `urls`: one URL, or with `cluster` one or more seed nodes separated by commas (`redis://`
-    /// or `rediss://`). Errors never name a URL: it may hold a password.
-    pub fn open(urls: &str, cluster: bool, timeout: Duration) -> anyhow::Result<Self> {
+    /// or `rediss://`); `ca`: the PEM certificate authorities that `rediss://` trusts instead of
+    /// the system's. Errors never name a URL: it may hold a password.
+    pub fn open(
+        urls: &str,
+        cluster: bool,
+        timeout: Duration,
+        ca: Option<Vec<u8>>,
+    ) -> anyhow::Result<Self> {
+        // TLS through rustls with ring; a second call finds it installed.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let target = if cluster {
             let seeds = urls
                 .split(',')
@@ -58,17 +70,21 @@ impl Redis {
                 .collect::<RedisResult<Vec<_>>>()
                 .context("invalid Redis URL")?;
             // Checks the seeds agree on credentials and TLS.
-            cluster_builder(&seeds, timeout)
+            cluster_builder(&seeds, &ca, timeout)
                 .build()
                 .context("invalid Redis Cluster seeds")?;
-            Target::Cluster(seeds)
+            Target::Cluster { seeds, ca }
         } else {
             if urls.contains(',') {
                 bail!(
                     "REDIS_URL lists several URLs: set VG_REDIS_CLUSTER=true for a Redis Cluster"
                 );
             }
-            Target::Server(Client::open(urls).context("invalid Redis URL")?)
+            let client = match ca {
+                Some(ca) => Client::build_with_tls(urls, certificates(ca)),
+                None => Client::open(urls),
+            };
+            Target::Server(client.context("invalid Redis URL")?)
         };
         Ok(Self { target, timeout })
     }
@@ -96,8 +112,8 @@ impl Redis {
                 let manager = client.get_connection_manager_with_config(config).await?;
                 Ok(Connection::Server(manager))
             }
-            Target::Cluster(seeds) => {
-                let client = cluster_builder(seeds, self.timeout)
+            Target::Cluster { seeds, ca } => {
+                let client = cluster_builder(seeds, ca, self.timeout)
                     .response_timeout(response_timeout)
                     .build()?;
                 Ok(Connection::Cluster(client.get_async_connection().await?))
@@ -106,13 +122,28 @@ impl Redis {
     }
 }
 
-fn cluster_builder(seeds: &[redis::ConnectionInfo], timeout: Duration) -> ClusterClientBuilder {
-    ClusterClient::builder(seeds.to_vec())
+fn cluster_builder(
+    seeds: &[redis::ConnectionInfo],
+    ca: &Option<Vec<u8>>,
+    timeout: Duration,
+) -> ClusterClientBuilder {
+    let builder = ClusterClient::builder(seeds.to_vec())
         .connection_timeout(timeout)
         .response_timeout(timeout)
         .retries(CLUSTER_RETRIES)
         .min_retry_wait(CLUSTER_MIN_RETRY_WAIT_MS)
-        .max_retry_wait(CLUSTER_MAX_RETRY_WAIT_MS)
+        .max_retry_wait(CLUSTER_MAX_RETRY_WAIT_MS);
+    match ca {
+        Some(ca) => builder.certs(certificates(ca.clone())),
+        None => builder,
+    }
+}
+
+fn certificates(ca: Vec<u8>) -> TlsCertificates {
+    TlsCertificates {
+        client_tls: None,
+        root_cert: Some(ca),
+    }
 }
 
 impl Connection {

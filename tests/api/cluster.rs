@@ -1,7 +1,8 @@
 //! On a Redis Cluster: campaigns spread over every master, and faults under client load (every
 //! request and answer recorded and checked afterwards, as in `faults`): a coordinated failover, a
-//! master killed and its replica promoted, and one of three gateways killed. The figures they
-//! print (`cargo test cluster -- --nocapture`) are the ones the README quotes.
+//! master killed and its replica promoted, and one of three gateways killed. TLS with a password
+//! and a private CA, on a cluster and on one server. The figures they print
+//! (`cargo test cluster -- --nocapture`) are the ones the README quotes.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -9,14 +10,19 @@ use std::{
 };
 
 use redis::Value;
-use voucher_gateway::redis::keys;
+use rstest::rstest;
+use voucher_gateway::{app::App, redis::keys};
 
 use crate::{
     faults::{
         CLIENTS, LARGE, assert_durable_in_time, pending_with_on, shared_db, stall_writers,
         wait_drained_on, wait_held_on,
     },
-    helpers::{RedisCluster, TestApp, Topology, database_url, redis_cli, stored},
+    helpers::{
+        Certificates, RedisCluster, RedisServer, TestApp,
+        Topology::{self, Cluster, Single},
+        database_url, redis_cli, stored, test_config_on,
+    },
     load::{History, Load},
     process::{GatewayProcess, Reconciled, create_campaign, reconcile},
 };
@@ -270,4 +276,42 @@ async fn one_of_three_gateways_killed_under_load_its_pending_entries_are_stored_
          {durable:?} after the kill; {} acked, 0 lost",
         audit.acked.len()
     );
+}
+
+#[rstest]
+#[tokio::test]
+async fn tls_with_a_password_and_a_private_ca_serves_and_stores(
+    #[values(Single, Cluster)] topology: Topology,
+) {
+    let certs = Certificates::generate();
+    let (_server, _cluster, url) = match topology {
+        Single => {
+            let server = RedisServer::start_with_tls("tls-s3cret", &certs);
+            let url = server.url();
+            (Some(server), None, url)
+        }
+        Cluster => {
+            let cluster = RedisCluster::start_with_tls("tls-s3cret", &certs);
+            let url = cluster.url.clone();
+            (None, Some(cluster), url)
+        }
+    };
+    assert!(url.starts_with("rediss://:tls-s3cret@"), "{url}");
+    let mut config = test_config_on(topology);
+    config.redis.redis_url = url.into();
+    config.redis.redis_ca_file = Some(certs.ca());
+    let app = TestApp::spawn_with(config.clone()).await;
+    let id = app.create_campaign(2).await;
+    for user in ["a", "b", "c"] {
+        app.redeem(id, user, "k").await;
+    }
+    assert_eq!(app.summary(id).await["remaining"], 0);
+    // The writers' own blocking connections speak TLS too.
+    app.wait_persisted(id, 2).await;
+    let ready = app.get_json("/ready").await;
+    assert_eq!(ready["status"], "ready", "{ready:#}");
+
+    // Without the CA, the server's certificate is not trusted: the gateway does not start.
+    config.redis.redis_ca_file = None;
+    assert!(App::build(config).await.is_err());
 }

@@ -373,6 +373,8 @@ pub struct RedisServer {
     aof: bool,
     /// `requirepass`, when set.
     password: Option<String>,
+    /// TLS only, with the certificates of this directory (`Certificates`).
+    tls: Option<PathBuf>,
 }
 
 impl RedisServer {
@@ -391,37 +393,68 @@ impl RedisServer {
         Self::start_with(false, Some(password.to_owned()))
     }
 
+    /// A server that requires `password` and speaks TLS only, with the certificates of `certs`.
+    pub fn start_with_tls(password: &str, certs: &Certificates) -> Self {
+        Self::start_as(
+            false,
+            Some(password.to_owned()),
+            Some(certs.dir.path().to_owned()),
+        )
+    }
+
     fn start_with(aof: bool, password: Option<String>) -> Self {
+        Self::start_as(aof, password, None)
+    }
+
+    fn start_as(aof: bool, password: Option<String>, tls: Option<PathBuf>) -> Self {
         let mut server = Self {
             port: free_port(),
             dir: tempfile::tempdir().unwrap(),
             child: None,
             aof,
             password,
+            tls,
         };
         server.restart();
         server
     }
 
     pub fn url(&self) -> String {
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
         match &self.password {
-            Some(password) => format!("redis://:{password}@127.0.0.1:{}", self.port),
-            None => format!("redis://127.0.0.1:{}", self.port),
+            Some(password) => format!("{scheme}://:{password}@127.0.0.1:{}", self.port),
+            None => format!("{scheme}://127.0.0.1:{}", self.port),
         }
     }
 
     /// Starts (again) on the same port and directory; with AOF, reloading what it wrote.
     pub fn restart(&mut self) {
         let mut command = Command::new("redis-server");
+        let port = self.port.to_string();
+        match &self.tls {
+            Some(certs) => command
+                .args([
+                    "--port",
+                    "0",
+                    "--tls-port",
+                    &port,
+                    "--tls-auth-clients",
+                    "no",
+                ])
+                .arg("--tls-cert-file")
+                .arg(certs.join("server.crt"))
+                .arg("--tls-key-file")
+                .arg(certs.join("server.key"))
+                .arg("--tls-ca-cert-file")
+                .arg(certs.join("ca.crt")),
+            None => command.args(["--port", &port]),
+        };
         command
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-            ])
+            .args(["--bind", "127.0.0.1", "--save", ""])
             .args(if self.aof {
                 ["--appendonly", "yes", "--appendfsync", "always"]
             } else {
@@ -442,6 +475,9 @@ impl RedisServer {
             ping.args(["-p", &self.port.to_string(), "--no-auth-warning"]);
             if let Some(password) = &self.password {
                 ping.args(["-a", password]);
+            }
+            if let Some(certs) = &self.tls {
+                ping.arg("--tls").arg("--cacert").arg(certs.join("ca.crt"));
             }
             ping.arg("ping")
                 .output()
@@ -583,10 +619,21 @@ pub struct RedisCluster {
 
 impl RedisCluster {
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// A cluster that requires `password` and speaks TLS only (between its nodes too).
+    pub fn start_with_tls(password: &str, certs: &Certificates) -> Self {
+        let certs = certs.dir.path().to_str().unwrap();
+        Self::start_with(&["--password", password, "--tls", certs])
+    }
+
+    fn start_with(options: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let up = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/redis-cluster"))
             .arg("up")
             .arg(dir.path())
+            .args(options)
             .stderr(Stdio::inherit())
             .output()
             .unwrap();
@@ -605,7 +652,7 @@ impl RedisCluster {
 
     /// A connection of the test's own, following the cluster's slots.
     pub async fn connect(&self) -> Connection {
-        voucher_gateway::redis::Redis::open(&self.url, true, Duration::from_secs(1))
+        voucher_gateway::redis::Redis::open(&self.url, true, Duration::from_secs(1), None)
             .unwrap()
             .connect()
             .await
@@ -636,4 +683,73 @@ pub fn redis_cli(port: u16, args: &[&str]) -> String {
         .output()
         .unwrap();
     String::from_utf8(out.stdout).unwrap()
+}
+
+/// A private certificate authority and a certificate it signed for 127.0.0.1, made with openssl:
+/// `ca.crt`, `server.crt` and `server.key` in a temporary directory.
+pub struct Certificates {
+    pub dir: tempfile::TempDir,
+}
+
+impl Certificates {
+    pub fn generate() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let openssl = |args: &[&str]| {
+            run(Command::new("openssl")
+                .args(args)
+                .current_dir(dir.path())
+                .stderr(Stdio::null()))
+        };
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-subj",
+            "/CN=voucher-gateway test CA",
+        ]);
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ]);
+        // rustls checks the name against the subject alternative names only.
+        std::fs::write(dir.path().join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-out",
+            "server.crt",
+            "-extfile",
+            "san.ext",
+        ]);
+        Self { dir }
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        self.dir.path().join("ca.crt")
+    }
 }

@@ -130,11 +130,12 @@ async fn ready_names_what_is_wrong() {
 #[tokio::test]
 async fn ready_names_a_shard_without_a_live_writer_loop() {
     let db = PgPool::connect(&database_url()).await.unwrap();
-    let redis = voucher_gateway::redis::Redis::open(&redis_url(), false, Duration::from_secs(1))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let redis =
+        voucher_gateway::redis::Redis::open(&redis_url(), false, Duration::from_secs(1), None)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
     let shards = Shards::new(16);
     let liveness = Liveness::new(16);
     // Every shard's loop runs but shard 3's, which panicked and waits to start again.
