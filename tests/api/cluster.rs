@@ -315,3 +315,33 @@ async fn tls_with_a_password_and_a_private_ca_serves_and_stores(
     config.redis.redis_ca_file = None;
     assert!(App::build(config).await.is_err());
 }
+
+#[tokio::test]
+async fn a_gateway_on_a_cluster_stops_gracefully_with_everything_it_acknowledged_stored() {
+    let redis = Topology::Cluster.redis_url();
+    // Writers that wait long for a batch to fill: only the shutdown's drain stores it in time.
+    let settings = [
+        ("VG_REDIS_CLUSTER", "true"),
+        ("VG_WRITER_FLUSH_INTERVAL", "2s"),
+    ];
+    let mut gateway = GatewayProcess::start(&database_url(), &redis, &settings).await;
+    let id = create_campaign(&gateway.url, 100).await;
+    let client = reqwest::Client::new();
+    for n in 0..40 {
+        let answer = client
+            .post(format!("{}/campaigns/{id}/redeem", gateway.url))
+            .json(&serde_json::json!({"userId": format!("user-{n}"), "idempotencyKey": "k"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), reqwest::StatusCode::OK);
+    }
+    let status = gateway.terminate(Duration::from_secs(15)).await;
+    assert!(status.success(), "{status}");
+    let db = shared_db().await;
+    assert_eq!(
+        stored(&db, id).await.len(),
+        40,
+        "stored before the process exited"
+    );
+}
