@@ -15,8 +15,7 @@ use voucher_gateway::{app::App, redis::keys};
 
 use crate::{
     faults::{
-        CLIENTS, LARGE, assert_durable_in_time, pending_with_on, shared_db, stall_writers,
-        wait_drained_on, wait_held_on,
+        CLIENTS, LARGE, assert_durable_in_time, kill_one_for_good, shared_db, wait_drained_on,
     },
     helpers::{
         Certificates, RedisCluster, RedisServer, TestApp,
@@ -243,25 +242,9 @@ async fn one_of_three_gateways_killed_under_load_its_pending_entries_are_stored_
     }
     let id = create_campaign(&survivors[0].url, LARGE).await;
     let urls = [&doomed, &survivors[0], &survivors[1]].map(|g| g.url.clone());
-    let load = Load::start(urls.to_vec(), id, CLIENTS);
-    load.wait_acked(300).await;
-    let stall = stall_writers(&db, id).await;
     let mut con = cluster.connect().await;
-    let instance = doomed.instance();
-    let held = wait_held_on(&mut con, &instance).await;
-
-    doomed.kill().await;
-    let killed = Instant::now();
-    stall.rollback().await.unwrap();
-    let durable = load.durable_after(&db, killed).await;
-    load.wait_acked(load.acked() + 300).await;
-    let history = load.stop().await;
-    wait_drained_on(&mut con).await;
-
-    assert_eq!(pending_with_on(&mut con, &instance).await, 0);
-    let audit = history.audit(&db, id, &HashSet::new()).await;
-    assert!(audit.lost.is_empty(), "lost {:?}", audit.lost);
-    assert_eq!(stored(&db, id).await.len(), audit.acked.len());
+    let (held, durable, audit) =
+        kill_one_for_good(&mut doomed, urls.to_vec(), &mut con, &db, id).await;
     let found = reconcile_on(&cluster, &["--campaign", &id.to_string()]).await;
     assert_eq!(found.code, 0, "{:#} {}", found.report, found.stderr);
     assert_durable_in_time("one of three gateways killed on a cluster", durable);

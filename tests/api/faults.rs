@@ -18,7 +18,7 @@ use voucher_gateway::{domain::CampaignId, redis::keys::Shards};
 
 use crate::{
     helpers::{PgServer, RedisServer, TestApp, database_url, private_redis_config, stored},
-    load::Load,
+    load::{Audit, Load},
     process::{GatewayProcess, create_campaign, private_database, reconcile},
 };
 
@@ -65,11 +65,6 @@ pub async fn wait_drained_on(con: &mut impl AsyncCommands) -> Duration {
 }
 
 /// Entries pending with the writers of `instance`.
-async fn pending_with(redis_url: &str, instance: &str) -> u64 {
-    pending_with_on(&mut connect(redis_url).await, instance).await
-}
-
-/// `pending_with` on a connection of any topology.
 pub async fn pending_with_on(con: &mut impl AsyncCommands, instance: &str) -> u64 {
     let prefix = format!("{instance}/");
     let mut pending = 0;
@@ -467,6 +462,39 @@ async fn redis_rolled_back_postgres_refuses_every_excess_grant_and_repair_closes
     );
 }
 
+/// Load on campaign `id` over the gateways at `urls`; `doomed` (one of them) SIGKILLed for good
+/// while its writers hold entries they read (stalled on the campaign's row lock). Waits until
+/// every acknowledged redemption is stored and the outboxes drained, checks that nothing stays
+/// pending with the dead writers and nothing acknowledged is lost, and returns how many entries
+/// they held, how long after the kill everything was durable, and the audit.
+pub async fn kill_one_for_good(
+    doomed: &mut GatewayProcess,
+    urls: Vec<String>,
+    con: &mut impl AsyncCommands,
+    db: &PgPool,
+    id: CampaignId,
+) -> (u64, Duration, Audit) {
+    let load = Load::start(urls, id, CLIENTS);
+    load.wait_acked(300).await;
+    let stall = stall_writers(db, id).await;
+    let instance = doomed.instance();
+    let held = wait_held_on(con, &instance).await;
+
+    doomed.kill().await;
+    let killed = Instant::now();
+    stall.rollback().await.unwrap();
+    let durable = load.durable_after(db, killed).await;
+    load.wait_acked(load.acked() + 300).await;
+    let history = load.stop().await;
+    wait_drained_on(con).await;
+
+    assert_eq!(pending_with_on(con, &instance).await, 0);
+    let audit = history.audit(db, id, &HashSet::new()).await;
+    assert!(audit.lost.is_empty(), "lost {:?}", audit.lost);
+    assert_eq!(stored(db, id).await.len(), audit.acked.len());
+    (held, durable, audit)
+}
+
 #[tokio::test]
 async fn two_gateways_one_killed_for_good_the_survivor_claims_its_pending_entries() {
     let redis = RedisServer::start();
@@ -476,25 +504,9 @@ async fn two_gateways_one_killed_for_good_the_survivor_claims_its_pending_entrie
     let survivor =
         GatewayProcess::start(&database_url(), &redis.url(), &[("VG_WORKER_THREADS", "2")]).await;
     let id = create_campaign(&survivor.url, LARGE).await;
-    let load = Load::start(vec![doomed.url.clone(), survivor.url.clone()], id, CLIENTS);
-    load.wait_acked(300).await;
-    // The doomed gateway dies holding entries it read and had not stored.
-    let stall = stall_writers(&db, id).await;
-    let instance = doomed.instance();
-    let held = wait_held(&redis.url(), &instance).await;
-
-    doomed.kill().await;
-    let killed = Instant::now();
-    stall.rollback().await.unwrap();
-    let durable = load.durable_after(&db, killed).await;
-    load.wait_acked(load.acked() + 300).await;
-    let history = load.stop().await;
-    wait_drained(&redis.url()).await;
-
-    assert_eq!(pending_with(&redis.url(), &instance).await, 0);
-    let audit = history.audit(&db, id, &HashSet::new()).await;
-    assert!(audit.lost.is_empty(), "lost {:?}", audit.lost);
-    assert_eq!(stored(&db, id).await.len(), audit.acked.len());
+    let urls = vec![doomed.url.clone(), survivor.url.clone()];
+    let mut con = connect(&redis.url()).await;
+    let (held, durable, audit) = kill_one_for_good(&mut doomed, urls, &mut con, &db, id).await;
     assert_reconciled(&database_url(), &redis.url(), id).await;
     assert_durable_in_time("one of two gateways killed for good", durable);
     assert!(survivor.metric("vg_writer_claimed_total", &[]).await > 0.0);
