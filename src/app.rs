@@ -13,8 +13,8 @@ use tokio::{
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
-    config::{DatabaseConfig, RedisConfig, ServeConfig},
-    gateway::Gateway,
+    config::{AckMode, DatabaseConfig, RedisConfig, ServeConfig},
+    gateway::{Durability, Gateway, Persistence, Replication},
     health::Probe,
     http::{
         self, HttpSettings,
@@ -113,10 +113,11 @@ fn edge_settings(config: &ServeConfig) -> EdgeSettings {
 pub fn writer_settings(config: &ServeConfig) -> WriterSettings {
     WriterSettings {
         batch_size: config.writer.writer_batch_size.into(),
-        flush_interval: config.writer.writer_flush_interval,
+        flush_interval: config.writer_flush_interval(),
         claim_idle: config.writer.claim_idle_timeout,
         // A blocked read must end well within the connection's reply timeout.
         block: (config.redis.redis_timeout / 2).min(Duration::from_millis(500)),
+        publish_fates: config.ack.mode == AckMode::Postgres,
     }
 }
 
@@ -126,6 +127,30 @@ fn instance_id(config: &ServeConfig, listening: SocketAddr) -> String {
     config.instance_id.clone().unwrap_or_else(|| {
         let host = gethostname::gethostname();
         format!("{}:{}", host.to_string_lossy(), listening.port())
+    })
+}
+
+/// What a REDEEMED waits for, with the connections it needs.
+async fn durability(
+    config: &ServeConfig,
+    redis: &vg_redis::Redis,
+    shards: &Shards,
+    db: &sqlx::PgPool,
+) -> anyhow::Result<Durability> {
+    let ack = &config.ack;
+    tracing::info!(mode = ack.mode.as_str(), "redeems are acknowledged");
+    Ok(match ack.mode {
+        AckMode::Redis => Durability::Redis,
+        AckMode::Replica => {
+            // WAIT blocks its connection for up to the timeout.
+            let con = redis.connect_blocking(ack.timeout).await?;
+            Durability::Replica(Replication::start(con, shards, ack.replicas, ack.timeout))
+        }
+        AckMode::Postgres => Durability::Postgres(
+            Persistence::start(redis, shards, db.clone(), ack.timeout)
+                .await
+                .context("cannot subscribe to the writers' fates")?,
+        ),
     })
 }
 
@@ -241,7 +266,14 @@ impl App {
             config.ready_max_outbox_lag,
             (consumers > 0).then(|| liveness.clone()),
         ));
-        let gateway = Arc::new(Gateway::new(shared, db, shards, config.absent_ttl));
+        let durability = durability(&config, &redis, &shards, &db).await?;
+        let gateway = Arc::new(Gateway::new(
+            shared,
+            db,
+            shards,
+            config.absent_ttl,
+            durability,
+        ));
         tracing::info!(%instance, "writers read as this instance");
         Ok(Self {
             listener,

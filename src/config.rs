@@ -136,11 +136,51 @@ pub struct ServeConfig {
     #[arg(long, env = "VG_WORKER_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub worker_threads: u16,
     #[command(flatten)]
+    pub ack: AckConfig,
+    #[command(flatten)]
     pub database: DatabaseConfig,
     #[command(flatten)]
     pub redis: RedisConfig,
     #[command(flatten)]
     pub writer: WriterConfig,
+}
+
+/// What a REDEEMED answer promises: the operator's choice of durability against its price.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AckMode {
+    /// Answered once Redis decided: durable as Redis's own persistence is.
+    Redis,
+    /// Answered once `VG_ACK_REPLICAS` replicas of the campaign's master received the decision.
+    Replica,
+    /// Answered once the redemption's row is committed in PostgreSQL.
+    Postgres,
+}
+
+impl AckMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AckMode::Redis => "redis",
+            AckMode::Replica => "replica",
+            AckMode::Postgres => "postgres",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct AckConfig {
+    /// When a redeem is answered: `redis` (decided in Redis), `replica` (and received by
+    /// replicas) or `postgres` (and committed in PostgreSQL). Every gateway sharing one Redis
+    /// should run the same mode.
+    #[arg(long = "ack", env = "VG_ACK", value_enum, default_value_t = AckMode::Redis)]
+    pub mode: AckMode,
+    /// Longest a redeem waits for its durability in `replica` and `postgres` modes; past it the
+    /// answer is 503 `not_durable` and a retry with the same key answers once it is durable.
+    /// Shorter than `VG_REQUEST_TIMEOUT`.
+    #[arg(long = "ack-timeout", env = "VG_ACK_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+    /// Replicas that must have received a redeem's decision before it is answered (`replica`).
+    #[arg(long = "ack-replicas", env = "VG_ACK_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub replicas: u16,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -194,9 +234,10 @@ pub struct WriterConfig {
     /// Most outbox entries per PostgreSQL transaction.
     #[arg(long, env = "VG_WRITER_BATCH_SIZE", default_value_t = 1000, value_parser = clap::value_parser!(u16).range(1..=5000))]
     pub writer_batch_size: u16,
-    /// How long a partial batch waits for more entries before it is written.
-    #[arg(long, env = "VG_WRITER_FLUSH_INTERVAL", default_value = "50ms", value_parser = humantime::parse_duration)]
-    pub writer_flush_interval: Duration,
+    /// How long a partial batch waits for more entries before it is written. Default: 50ms, and
+    /// 5ms with `--ack postgres`, where every redeem's answer waits for its batch.
+    #[arg(long, env = "VG_WRITER_FLUSH_INTERVAL", value_parser = humantime::parse_duration)]
+    pub writer_flush_interval: Option<Duration>,
     /// How long an outbox entry may stay pending, untouched, with a writer before another
     /// claims it: how soon the entries of a gateway that stopped for good are stored by another.
     /// A live writer touches the entries it is storing, however long PostgreSQL takes.
@@ -212,8 +253,26 @@ pub struct WriterConfig {
 }
 
 impl ServeConfig {
+    /// The writers' flush interval: the one set, else the acknowledgement mode's default.
+    pub fn writer_flush_interval(&self) -> Duration {
+        self.writer
+            .writer_flush_interval
+            .unwrap_or(match self.ack.mode {
+                AckMode::Postgres => Duration::from_millis(5),
+                AckMode::Redis | AckMode::Replica => Duration::from_millis(50),
+            })
+    }
+
     /// Refuses settings that contradict each other.
     pub fn check(&self) -> anyhow::Result<()> {
+        if self.ack.timeout < Duration::from_millis(1) || self.ack.timeout >= self.request_timeout {
+            anyhow::bail!(
+                "VG_ACK_TIMEOUT ({:?}) must be at least 1ms and shorter than VG_REQUEST_TIMEOUT \
+                 ({:?}): a request waiting for its durability must still be answered in time",
+                self.ack.timeout,
+                self.request_timeout
+            );
+        }
         if self.request_timeout >= self.shutdown_timeout {
             anyhow::bail!(
                 "VG_REQUEST_TIMEOUT ({:?}) must be shorter than VG_SHUTDOWN_TIMEOUT ({:?}): at \
@@ -249,11 +308,11 @@ impl ServeConfig {
                 self.redis.redis_timeout
             );
         }
-        if writer.writer_flush_interval * 2 > writer.claim_idle_timeout {
+        if self.writer_flush_interval() * 2 > writer.claim_idle_timeout {
             anyhow::bail!(
                 "VG_WRITER_FLUSH_INTERVAL ({:?}) must be at most half of VG_CLAIM_IDLE_TIMEOUT \
                  ({:?}): a batch filling up would be claimed by another writer",
-                writer.writer_flush_interval,
+                self.writer_flush_interval(),
                 writer.claim_idle_timeout
             );
         }
@@ -439,9 +498,29 @@ mod tests {
     fn defaults_parse() {
         let config = ServeConfig::try_parse_from(["serve"]).unwrap();
         assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
-        assert_eq!(
-            config.writer.writer_flush_interval,
-            Duration::from_millis(50)
-        );
+        assert_eq!(config.writer_flush_interval(), Duration::from_millis(50));
+        assert_eq!(config.ack.mode, AckMode::Redis);
+    }
+
+    #[test]
+    fn postgres_acknowledgements_flush_batches_sooner_unless_told() {
+        let parse = |args: &[&str]| {
+            ServeConfig::try_parse_from([&["serve", "--ack", "postgres"], args].concat()).unwrap()
+        };
+        assert_eq!(parse(&[]).writer_flush_interval(), Duration::from_millis(5));
+        let set = parse(&["--writer-flush-interval", "20ms"]);
+        assert_eq!(set.writer_flush_interval(), Duration::from_millis(20));
+    }
+
+    #[test]
+    fn an_ack_timeout_must_end_within_the_request_timeout() {
+        let config = |ack: &str| {
+            ServeConfig::try_parse_from(["serve", "--ack-timeout", ack, "--request-timeout", "2s"])
+                .unwrap()
+                .check()
+        };
+        assert!(config("1500ms").is_ok());
+        assert!(config("2s").is_err());
+        assert!(config("0s").is_err());
     }
 }

@@ -21,9 +21,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     backoff::Backoff,
-    domain::OutboxEntry,
+    domain::{Fate, OutboxEntry},
     redis::{
-        Connection,
+        Connection, fates,
         keys::ShardKeys,
         marker,
         outbox::{self, Entries, Malformed},
@@ -50,6 +50,9 @@ pub struct WriterSettings {
     pub claim_idle: Duration,
     /// How long one read waits for new entries when the stream is empty.
     pub block: Duration,
+    /// Publish what PostgreSQL made of each batch on the shard's channel, for the gateways that
+    /// answer only once a redemption is stored (`--ack postgres`).
+    pub publish_fates: bool,
 }
 
 pub struct Writer {
@@ -320,11 +323,19 @@ impl Writer {
         }
         let started = Instant::now();
         let ids: Vec<&str> = entries.iter().map(|entry| entry.id.as_str()).collect();
-        let refused = tokio::select! {
-            refused = self.store(entries, cancel) => refused?,
+        let (refused, fates) = tokio::select! {
+            stored = self.store(entries, cancel) => stored?,
             never = self.keep_claimed(&ids) => match never {},
         };
         let stored = started.elapsed();
+        if self.settings.publish_fates && !fates.is_empty() {
+            let mut con = self.redis.clone();
+            let message = fates::encode(fates);
+            // Best effort: a waiting redeem that misses it finds its row in PostgreSQL.
+            if let Err(error) = fates::publish(&mut con, &self.shard.fates, &message).await {
+                tracing::warn!(channel = %self.shard.fates, %error, "publishing a batch's fates failed");
+            }
+        }
         if !refused.is_empty() {
             self.dead_letter(&refused, "refused").await?;
         }
@@ -346,18 +357,27 @@ impl Writer {
     }
 
     /// Stores entries, splitting a batch PostgreSQL refuses for good in halves until the entries
-    /// it refuses stand alone; returns those, with why. Every other entry is stored, in stream
-    /// order.
-    async fn store(
+    /// it refuses stand alone; returns those, with why, and what PostgreSQL made of every other
+    /// entry (stored, in stream order, or refused as a redemption).
+    async fn store<'a>(
         &self,
-        entries: &[OutboxEntry],
+        entries: &'a [OutboxEntry],
         cancel: &CancellationToken,
-    ) -> anyhow::Result<Vec<Malformed>> {
+    ) -> anyhow::Result<(Vec<Malformed>, Vec<(&'a OutboxEntry, Fate)>)> {
         let mut refused = Vec::new();
+        let mut fates = Vec::new();
         let mut parts = vec![entries];
         while let Some(part) = parts.pop() {
-            let Err(error) = self.store_retrying(part, cancel).await? else {
-                continue;
+            let error = match self.store_retrying(part, cancel).await? {
+                Ok(summary) => {
+                    fates.extend(part.iter().map(|entry| (entry, Fate::Stored)));
+                    let first = fates.len() - part.len();
+                    for (i, reason) in summary.rejected {
+                        fates[first + i].1 = Fate::Refused(reason);
+                    }
+                    continue;
+                }
+                Err(error) => error,
             };
             match part {
                 [entry] => {
@@ -373,7 +393,7 @@ impl Writer {
                 }
             }
         }
-        Ok(refused)
+        Ok((refused, fates))
     }
 
     /// Stores one batch, retrying what may pass with backoff until it commits or `cancel` (then
@@ -392,10 +412,10 @@ impl Writer {
                     histogram!(WRITER_COMMIT_DURATION).record(started.elapsed().as_secs_f64());
                     histogram!(WRITER_BATCH_SIZE).record(entries.len() as f64);
                     counter!(WRITER_ROWS).increment(summary.inserted);
-                    counter!(WRITER_REJECTED).increment(summary.rejected);
-                    if summary.rejected > 0 {
+                    counter!(WRITER_REJECTED).increment(summary.rejected.len() as u64);
+                    if !summary.rejected.is_empty() {
                         tracing::error!(
-                            rejected = summary.rejected,
+                            rejected = summary.rejected.len(),
                             "PostgreSQL refused redemptions Redis granted; run reconcile"
                         );
                     }

@@ -7,7 +7,7 @@ mod campaign;
 mod redemption;
 
 pub use campaign::{CampaignId, CampaignName, Total};
-pub use redemption::{Holder, IdempotencyKey, OutboxEntry, Outcome, UserId};
+pub use redemption::{Fate, Holder, IdempotencyKey, OutboxEntry, Outcome, RejectReason, UserId};
 
 /// Why a value was refused at the edge; the HTTP layer adds the field name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -48,6 +48,68 @@ pub struct OutboxEntry {
     pub at: time::OffsetDateTime,
 }
 
+/// Why PostgreSQL refused an entry Redis granted. Only possible after Redis lost or rolled back
+/// state; stored in `rejected_redemptions`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectReason {
+    /// The user already holds a voucher under another idempotency key.
+    UserHoldsOtherKey,
+    /// The campaign has no capacity left in PostgreSQL.
+    SoldOut,
+    /// Another user already holds this voucher number.
+    SeqTaken,
+    /// No such campaign in PostgreSQL.
+    UnknownCampaign,
+}
+
+impl RejectReason {
+    const ALL: [RejectReason; 4] = [
+        RejectReason::UserHoldsOtherKey,
+        RejectReason::SoldOut,
+        RejectReason::SeqTaken,
+        RejectReason::UnknownCampaign,
+    ];
+
+    /// The reason named by `as_str`.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|reason| reason.as_str() == name)
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RejectReason::UserHoldsOtherKey => "user_holds_other_key",
+            RejectReason::SoldOut => "sold_out",
+            RejectReason::SeqTaken => "seq_taken",
+            RejectReason::UnknownCampaign => "unknown_campaign",
+        }
+    }
+}
+
+/// What PostgreSQL made of a redemption Redis granted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fate {
+    /// Its row is committed (now, or by an earlier delivery of the same entry).
+    Stored,
+    Refused(RejectReason),
+}
+
+impl Fate {
+    /// The fate's name in the writers' messages: `stored`, or the refusal's reason.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Fate::Stored => "stored",
+            Fate::Refused(reason) => reason.as_str(),
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "stored" => Some(Fate::Stored),
+            reason => RejectReason::parse(reason).map(Fate::Refused),
+        }
+    }
+}
+
 /// What a redeem decided. `Redeemed { replayed: true }` answers a retry of the request that took
 /// the voucher; the client sees the same status either way (the HTTP layer names them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +123,18 @@ pub enum Outcome {
 mod tests {
     use super::*;
     use crate::domain::DomainError;
+
+    #[test]
+    fn every_fate_parses_from_its_name() {
+        for reason in RejectReason::ALL {
+            assert_eq!(
+                Fate::parse(Fate::Refused(reason).as_str()),
+                Some(Fate::Refused(reason))
+            );
+        }
+        assert_eq!(Fate::parse("stored"), Some(Fate::Stored));
+        assert_eq!(Fate::parse("lost"), None);
+    }
 
     #[test]
     fn a_user_id_is_kept_exactly_as_sent() {

@@ -3,6 +3,8 @@
 
 mod answered;
 mod hydration;
+mod persistence;
+mod replication;
 mod scans;
 
 use std::{
@@ -16,7 +18,10 @@ use serde::Serialize;
 use sqlx::PgPool;
 
 use crate::{
-    domain::{CampaignId, CampaignName, IdempotencyKey, Outcome, Total, UserId},
+    domain::{
+        CampaignId, CampaignName, Fate, Holder, IdempotencyKey, Outcome, RejectReason, Total,
+        UserId,
+    },
     redis::{
         keys::Shards,
         scripts::{self, Decision},
@@ -26,6 +31,8 @@ use crate::{
     telemetry::metrics::REDEEM_SCRIPT_DURATION,
 };
 use hydration::Hydrator;
+pub use persistence::Persistence;
+pub use replication::Replication;
 
 /// How often an operation hydrates and retries before giving up on a campaign that keeps
 /// vanishing from Redis (a Redis being flushed over and over).
@@ -55,6 +62,17 @@ pub enum GatewayError {
     /// The error of a hydration that other requests waited on too.
     #[error(transparent)]
     Shared(Arc<GatewayError>),
+    /// The decision is made but not yet as durable as `--ack` promises.
+    #[error("the decision is not durable yet")]
+    NotDurable,
+}
+
+/// What a REDEEMED waits for (`--ack`).
+pub enum Durability {
+    /// Nothing: Redis's decision is the answer.
+    Redis,
+    Replica(Replication),
+    Postgres(Persistence),
 }
 
 pub struct Gateway {
@@ -63,16 +81,24 @@ pub struct Gateway {
     db: PgPool,
     shards: Shards,
     hydrator: Hydrator,
+    durability: Durability,
 }
 
 impl Gateway {
-    pub fn new(redis: Connection, db: PgPool, shards: Shards, absent_ttl: Duration) -> Self {
+    pub fn new(
+        redis: Connection,
+        db: PgPool,
+        shards: Shards,
+        absent_ttl: Duration,
+        durability: Durability,
+    ) -> Self {
         let hydrator = Hydrator::new(redis.clone(), db.clone(), shards.clone(), absent_ttl);
         Self {
             redis,
             db,
             shards,
             hydrator,
+            durability,
         }
     }
 
@@ -105,7 +131,8 @@ impl Gateway {
         })
     }
 
-    /// Decides one redeem in Redis, hydrating the campaign first if Redis does not hold it.
+    /// Decides one redeem in Redis, hydrating the campaign first if Redis does not hold it; a
+    /// REDEEMED waits for the durability `--ack` promises.
     pub async fn redeem(
         &self,
         id: CampaignId,
@@ -115,19 +142,46 @@ impl Gateway {
         let keys = self.shards.campaign(id);
         let mut con = self.redis.clone();
         for _ in 0..LOAD_ATTEMPTS {
-            let started = Instant::now();
-            let decision = scripts::redeem(&mut con, &keys, id, user, key).await;
-            histogram!(REDEEM_SCRIPT_DURATION).record(started.elapsed().as_secs_f64());
-            match decision? {
-                Decision::NotLoaded => self.hydrator.load(id).await?,
+            let decision = match &self.durability {
+                Durability::Replica(replication) => replication.redeem(&keys, id, user, key).await,
+                Durability::Redis | Durability::Postgres(_) => {
+                    let started = Instant::now();
+                    let decision = scripts::redeem(&mut con, &keys, id, user, key).await;
+                    histogram!(REDEEM_SCRIPT_DURATION).record(started.elapsed().as_secs_f64());
+                    decision.map_err(GatewayError::from)
+                }
+            };
+            let replayed = match decision? {
+                Decision::NotLoaded => {
+                    self.hydrator.load(id).await?;
+                    continue;
+                }
                 Decision::Redeemed { seq } => {
                     self.hydrator.answered.record(id, seq);
-                    return Ok(Outcome::Redeemed { replayed: false });
+                    false
                 }
-                Decision::Replayed => return Ok(Outcome::Redeemed { replayed: true }),
+                Decision::Replayed => true,
                 Decision::AlreadyRedeemed => return Ok(Outcome::AlreadyRedeemed),
                 Decision::SoldOut => return Ok(Outcome::SoldOut),
-            }
+            };
+            let Durability::Postgres(persistence) = &self.durability else {
+                return Ok(Outcome::Redeemed { replayed });
+            };
+            let holder = Holder {
+                user: user.clone(),
+                key: key.clone(),
+            };
+            return match persistence.wait(id, holder, replayed).await? {
+                Fate::Stored => Ok(Outcome::Redeemed { replayed }),
+                Fate::Refused(RejectReason::UserHoldsOtherKey) => Ok(Outcome::AlreadyRedeemed),
+                Fate::Refused(RejectReason::SoldOut) => Ok(Outcome::SoldOut),
+                Fate::Refused(
+                    reason @ (RejectReason::SeqTaken | RejectReason::UnknownCampaign),
+                ) => {
+                    tracing::error!(campaign = %id, reason = reason.as_str(), "PostgreSQL refused a grant and holds nothing for the user; run reconcile --repair");
+                    Err(GatewayError::NotDurable)
+                }
+            };
         }
         Err(GatewayError::Unstable(id))
     }

@@ -50,6 +50,10 @@ pub enum ApiError {
     Overloaded,
     #[error("the request did not finish in time; retry (a redeem with the same idempotency key)")]
     Timeout,
+    #[error(
+        "the decision is made but not yet durable; retry with the same idempotency key for the same decision"
+    )]
+    NotDurable,
     #[error("internal error")]
     Internal,
 }
@@ -71,7 +75,8 @@ impl ApiError {
             ApiError::RedisUnavailable
             | ApiError::DatabaseUnavailable
             | ApiError::Overloaded
-            | ApiError::Timeout => StatusCode::SERVICE_UNAVAILABLE,
+            | ApiError::Timeout
+            | ApiError::NotDurable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -96,6 +101,7 @@ impl ApiError {
             ApiError::DatabaseUnavailable => "database_unavailable",
             ApiError::Overloaded => "overloaded",
             ApiError::Timeout => "timeout",
+            ApiError::NotDurable => "not_durable",
             ApiError::Internal => "internal",
         }
     }
@@ -115,7 +121,7 @@ pub struct Problem<'a> {
     /// What went wrong, for a program: malformed_json, invalid_campaign_id, payload_too_large,
     /// body_timeout, transfer_coding_not_implemented, unsupported_media_type, invalid_field, invalid_body, idempotency_key_mismatch,
     /// unauthorized, campaign_not_found, not_found, method_not_allowed, redis_unavailable,
-    /// database_unavailable, overloaded, timeout, internal.
+    /// database_unavailable, overloaded, timeout, not_durable, internal.
     code: &'static str,
     /// The offending field or header, for invalid_field.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -176,6 +182,7 @@ fn answer_for(error: &GatewayError) -> ApiError {
     match error {
         GatewayError::Shared(shared) => answer_for(shared),
         GatewayError::NotFound => ApiError::CampaignNotFound,
+        GatewayError::NotDurable => ApiError::NotDurable,
         GatewayError::Redis(_) | GatewayError::Unstable(_) => ApiError::RedisUnavailable,
         GatewayError::Database(db) if is_unavailable(db) => ApiError::DatabaseUnavailable,
         GatewayError::Database(_) => ApiError::Internal,

@@ -21,9 +21,8 @@ impl Sides {
         let mut report = found;
 
         if !report.lost_from_outbox.is_empty() {
-            let written = self.write_lost_holders(&report).await?;
-            summary.written_to_postgres = written.inserted;
-            summary.refused_by_postgres = written.rejected;
+            (summary.written_to_postgres, summary.refused_by_postgres) =
+                self.write_lost_holders(&report).await?;
             report = self.fresh(id).await?;
         }
 
@@ -76,17 +75,14 @@ impl Sides {
     }
 
     /// Stores the holders only Redis has, numbered from Redis's own counter so that no number is
-    /// given twice; PostgreSQL refuses them when it has no room.
-    async fn write_lost_holders(
-        &self,
-        report: &CampaignReport,
-    ) -> anyhow::Result<store::BatchSummary> {
+    /// given twice; PostgreSQL refuses them when it has no room. Returns (inserted, refused).
+    async fn write_lost_holders(&self, report: &CampaignReport) -> anyhow::Result<(u64, u64)> {
         let keys = self.shards.campaign(report.id);
         let mut con = self.redis.clone();
         let count = report.lost_from_outbox.len();
         let Some(last) = scripts::reserve_seqs(&mut con, &keys, count).await? else {
             // Unloaded meanwhile: hydration will load exactly what PostgreSQL holds.
-            return Ok(store::BatchSummary::default());
+            return Ok((0, 0));
         };
         let now = OffsetDateTime::now_utc();
         let entries: Vec<OutboxEntry> = report
@@ -103,13 +99,13 @@ impl Sides {
                 })
             })
             .collect::<anyhow::Result<_>>()?;
-        let mut summary = store::BatchSummary::default();
+        let (mut inserted, mut refused) = (0, 0);
         for batch in entries.chunks(store::HOLDERS_CHUNK as usize) {
             let stored = store::store_batch(&self.db, batch).await?;
-            summary.inserted += stored.inserted;
-            summary.rejected += stored.rejected;
+            inserted += stored.inserted;
+            refused += stored.rejected.len() as u64;
         }
-        Ok(summary)
+        Ok((inserted, refused))
     }
 
     async fn fresh(&self, id: CampaignId) -> anyhow::Result<CampaignReport> {

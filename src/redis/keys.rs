@@ -54,10 +54,12 @@ impl Shards {
     /// The keys of one campaign, built on every request: by concatenation, which costs a fraction
     /// of `format!`.
     pub fn campaign(&self, id: CampaignId) -> CampaignKeys {
-        let tag = &self.tags[usize::from(self.of(id))];
+        let shard = self.of(id);
+        let tag = &self.tags[usize::from(shard)];
         let mut buffer = [0; Hyphenated::LENGTH];
         let id = id.encode(&mut buffer);
         CampaignKeys {
+            shard,
             campaign: [tag, ":c:", id].concat(),
             users: [tag, ":u:", id].concat(),
             outbox: [tag, ":outbox"].concat(),
@@ -72,6 +74,8 @@ impl Shards {
             outbox: [tag, ":outbox"].concat(),
             dead_letters: [tag, ":dead"].concat(),
             marker: [tag, ":marker"].concat(),
+            fates: [tag, ":fates"].concat(),
+            wait: [tag, ":wait"].concat(),
         }
     }
 
@@ -124,11 +128,16 @@ pub struct ShardKeys {
     /// string: written once into the shard's dataset; its absence means the shard's master came
     /// back without its data (see `marker`)
     pub marker: String,
+    /// channel: what PostgreSQL made of each batch the shard's writers stored (see `fates`)
+    pub fates: String,
+    /// string: a counter each group of replica-acknowledged redeems increments before its WAIT
+    pub wait: String,
 }
 
 /// The keys one campaign's scripts touch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CampaignKeys {
+    pub shard: u16,
     /// hash: total, remaining, name
     pub campaign: String,
     /// hash: userId -> idempotencyKey

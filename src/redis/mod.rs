@@ -2,6 +2,7 @@
 //! Cluster), the key layout, the scripts, the outbox streams, and the reads of a campaign's
 //! state. Every command, key and hash field lives here.
 
+pub mod fates;
 pub mod keys;
 pub mod marker;
 pub mod outbox;
@@ -12,8 +13,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use redis::{
-    Client, Cmd, FromRedisValue, IntoConnectionInfo, RedisFuture, RedisResult, TlsCertificates,
-    Value,
+    Client, Cmd, FromRedisValue, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind,
+    RedisFuture, RedisResult, TlsCertificates, Value,
     aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig},
     cluster::{ClusterClient, ClusterClientBuilder},
     cluster_async::ClusterConnection,
@@ -36,7 +37,11 @@ pub struct Redis {
 
 #[derive(Clone)]
 enum Target {
-    Server(Client),
+    Server {
+        client: Client,
+        /// The same server over RESP3, which subscriptions need.
+        resp3: Box<Client>,
+    },
     Cluster {
         seeds: Vec<redis::ConnectionInfo>,
         ca: Option<Vec<u8>>,
@@ -80,11 +85,20 @@ impl Redis {
                     "REDIS_URL lists several URLs: set VG_REDIS_CLUSTER=true for a Redis Cluster"
                 );
             }
-            let client = match ca {
-                Some(ca) => Client::build_with_tls(urls, certificates(ca)),
-                None => Client::open(urls),
+            let info = urls.into_connection_info().context("invalid Redis URL")?;
+            let resp3 = info.clone().set_redis_settings(
+                info.redis_settings()
+                    .clone()
+                    .set_protocol(ProtocolVersion::RESP3),
+            );
+            let client = |info| match &ca {
+                Some(ca) => Client::build_with_tls(info, certificates(ca.clone())),
+                None => Client::open(info),
             };
-            Target::Server(client.context("invalid Redis URL")?)
+            Target::Server {
+                client: client(info).context("invalid Redis URL")?,
+                resp3: Box::new(client(resp3).context("invalid Redis URL")?),
+            }
         };
         Ok(Self { target, timeout })
     }
@@ -101,14 +115,52 @@ impl Redis {
         self.connect_with(block + self.timeout).await
     }
 
+    /// Subscribes to `channels` (sharded channels on a cluster): their messages' payloads arrive
+    /// on the subscription. It resubscribes by itself after a lost connection and, on a cluster,
+    /// follows each channel's slot to its new master; messages published meanwhile are missed.
+    pub async fn subscribe(&self, channels: &[String]) -> RedisResult<Subscription> {
+        let (sender, pushes) = tokio::sync::mpsc::unbounded_channel();
+        let connection = match &self.target {
+            Target::Server { resp3, .. } => {
+                let config = self
+                    .manager_config(self.timeout)
+                    .set_push_sender(sender)
+                    .set_automatic_resubscription();
+                let mut manager = resp3.get_connection_manager_with_config(config).await?;
+                manager.subscribe(channels).await?;
+                Connection::Server(manager)
+            }
+            Target::Cluster { seeds, ca } => {
+                let client = cluster_builder(seeds, ca, self.timeout)
+                    .use_protocol(ProtocolVersion::RESP3)
+                    .push_sender(sender)
+                    .build()?;
+                let mut cluster = client.get_async_connection().await?;
+                // One command per channel: the channels of one SSUBSCRIBE share a slot.
+                for channel in channels {
+                    cluster.ssubscribe(channel).await?;
+                }
+                Connection::Cluster(cluster)
+            }
+        };
+        Ok(Subscription {
+            _connection: connection,
+            pushes,
+        })
+    }
+
+    fn manager_config(&self, response_timeout: Duration) -> ConnectionManagerConfig {
+        ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(response_timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(self.timeout)
+    }
+
     async fn connect_with(&self, response_timeout: Duration) -> RedisResult<Connection> {
         match &self.target {
-            Target::Server(client) => {
-                let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(self.timeout))
-                    .set_response_timeout(Some(response_timeout))
-                    .set_number_of_retries(2)
-                    .set_max_delay(self.timeout);
+            Target::Server { client, .. } => {
+                let config = self.manager_config(response_timeout);
                 let manager = client.get_connection_manager_with_config(config).await?;
                 Ok(Connection::Server(manager))
             }
@@ -117,6 +169,29 @@ impl Redis {
                     .response_timeout(response_timeout)
                     .build()?;
                 Ok(Connection::Cluster(client.get_async_connection().await?))
+            }
+        }
+    }
+}
+
+/// The messages of subscribed channels.
+pub struct Subscription {
+    /// Holds the subscription open.
+    _connection: Connection,
+    pushes: tokio::sync::mpsc::UnboundedReceiver<PushInfo>,
+}
+
+impl Subscription {
+    /// The next message's payload; `None` once the connection is gone for good.
+    pub async fn next(&mut self) -> Option<Vec<u8>> {
+        loop {
+            let push = self.pushes.recv().await?;
+            if !matches!(push.kind, PushKind::Message | PushKind::SMessage) {
+                continue;
+            }
+            // [channel, payload]
+            if let Some(Value::BulkString(payload)) = push.data.into_iter().nth(1) {
+                return Some(payload);
             }
         }
     }

@@ -3,7 +3,9 @@
 
 use std::{sync::LazyLock, time::Duration};
 
-use redis::{RedisResult, Script, aio::ConnectionLike};
+use redis::{
+    Cmd, ErrorKind, RedisError, RedisResult, Script, ServerErrorKind, Value, aio::ConnectionLike,
+};
 use uuid::fmt::Hyphenated;
 
 use super::{
@@ -48,16 +50,107 @@ pub async fn redeem(
     user: &UserId,
     key: &IdempotencyKey,
 ) -> RedisResult<Decision> {
+    let cmd = redeem_cmd(keys, campaign, user, key);
+    let reply = match cmd.query_async(con).await {
+        Err(error) if is_no_script(&error) => {
+            REDEEM.prepare_invoke().load_async(con).await?;
+            cmd.query_async(con).await?
+        }
+        reply => reply?,
+    };
+    decision(reply)
+}
+
+/// One redeem of a group (`redeem_replicated`).
+pub struct Redeem<'a> {
+    pub keys: &'a CampaignKeys,
+    pub campaign: CampaignId,
+    pub user: &'a UserId,
+    pub key: &'a IdempotencyKey,
+}
+
+/// What a group of redeems decided, and how many replicas had received it when answered.
+pub struct Replicated {
+    pub decisions: Vec<RedisResult<Decision>>,
+    pub replicas: u64,
+}
+
+/// Runs `redeem.lua` for each redeem in order, then increments `wait_key` and sends `WAIT
+/// replicas timeout`, all in one round trip on one connection to the master of the redeems'
+/// slot. WAIT waits for the replicas to reach the connection's last write: the increment makes
+/// that the group's own last command, so WAIT also covers the earlier writes, of any connection,
+/// that a replay or a refusal read.
+pub async fn redeem_replicated(
+    con: &mut impl ConnectionLike,
+    redeems: &[Redeem<'_>],
+    wait_key: &str,
+    replicas: u16,
+    timeout: Duration,
+) -> RedisResult<Replicated> {
+    let mut pipe = redis::pipe();
+    for redeem in redeems {
+        pipe.add_command(redeem_cmd(
+            redeem.keys,
+            redeem.campaign,
+            redeem.user,
+            redeem.key,
+        ));
+    }
+    pipe.cmd("INCR").arg(wait_key);
+    pipe.cmd("WAIT")
+        .arg(replicas)
+        .arg(timeout.as_millis() as u64);
+    pipe.ignore_errors();
+    let mut replies: Vec<RedisResult<Value>> = pipe.query_async(&mut *con).await?;
+    if replies
+        .iter()
+        .any(|reply| reply.as_ref().is_err_and(is_no_script))
+    {
+        // Nothing of the group ran: every script call failed alike. (A redeem that did run, had
+        // another client loaded the script in between, answers as its own replay.)
+        REDEEM.prepare_invoke().load_async(&mut *con).await?;
+        replies = pipe.query_async(con).await?;
+    }
+    let replicas: u64 = match replies.pop() {
+        Some(reply) => redis::from_redis_value(reply?)?,
+        None => return Err(super::unexpected_reply("WAIT", "nothing")),
+    };
+    replies.pop().transpose()?;
+    let decisions = replies
+        .into_iter()
+        .map(|reply| decision(redis::from_redis_value(reply?)?))
+        .collect();
+    Ok(Replicated {
+        decisions,
+        replicas,
+    })
+}
+
+/// `EVALSHA` of `redeem.lua` for one redeem.
+fn redeem_cmd(
+    keys: &CampaignKeys,
+    campaign: CampaignId,
+    user: &UserId,
+    key: &IdempotencyKey,
+) -> Cmd {
     let mut id = [0; Hyphenated::LENGTH];
-    let reply: i64 = REDEEM
-        .key(&keys.campaign)
-        .key(&keys.users)
-        .key(&keys.outbox)
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(REDEEM.get_hash())
+        .arg(3)
+        .arg(&keys.campaign)
+        .arg(&keys.users)
+        .arg(&keys.outbox)
         .arg(campaign.encode(&mut id))
         .arg(user.as_str())
-        .arg(key.as_str())
-        .invoke_async(con)
-        .await?;
+        .arg(key.as_str());
+    cmd
+}
+
+fn is_no_script(error: &RedisError) -> bool {
+    error.kind() == ErrorKind::Server(ServerErrorKind::NoScript)
+}
+
+fn decision(reply: i64) -> RedisResult<Decision> {
     match reply {
         seq @ 1.. => Ok(Decision::Redeemed { seq }),
         0 => Ok(Decision::NotLoaded),

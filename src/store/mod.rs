@@ -13,10 +13,11 @@ use sqlx::{
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 
+pub use crate::domain::RejectReason;
 pub use campaigns::{
     CampaignRow, HOLDERS_CHUNK, HolderPages, campaign_exists, insert_campaign, select_campaign,
 };
-pub use redemptions::{BatchSummary, RejectReason, store_batch};
+pub use redemptions::{BatchSummary, fates, store_batch};
 
 use crate::domain::Holder;
 

@@ -11,38 +11,14 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
-use crate::domain::OutboxEntry;
-
-/// Why PostgreSQL refused an entry Redis granted. Only possible after Redis lost or rolled back
-/// state; stored in `rejected_redemptions`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RejectReason {
-    /// The user already holds a voucher under another idempotency key.
-    UserHoldsOtherKey,
-    /// The campaign has no capacity left in PostgreSQL.
-    SoldOut,
-    /// Another user already holds this voucher number.
-    SeqTaken,
-    /// No such campaign in PostgreSQL.
-    UnknownCampaign,
-}
-
-impl RejectReason {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            RejectReason::UserHoldsOtherKey => "user_holds_other_key",
-            RejectReason::SoldOut => "sold_out",
-            RejectReason::SeqTaken => "seq_taken",
-            RejectReason::UnknownCampaign => "unknown_campaign",
-        }
-    }
-}
+use crate::domain::{CampaignId, Fate, Holder, OutboxEntry, RejectReason};
 
 /// What a committed batch did; the rest of its entries were stored already (redeliveries).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BatchSummary {
     pub inserted: u64,
-    pub rejected: u64,
+    /// The entries refused, by their index in the batch, with why.
+    pub rejected: Vec<(usize, RejectReason)>,
 }
 
 /// The fate of one entry, decided against the campaigns' room and the stored holders.
@@ -99,7 +75,7 @@ async fn store_all_new(
     tx.commit().await?;
     Ok(Some(BatchSummary {
         inserted: entries.len() as u64,
-        rejected: 0,
+        rejected: Vec::new(),
     }))
 }
 
@@ -161,11 +137,11 @@ async fn store_classified(
     }
     add_redeemed(&mut tx, &counted).await?;
 
-    let rejected: Vec<(&OutboxEntry, RejectReason)> = entries
+    let rejected: Vec<(usize, RejectReason)> = verdicts
         .iter()
-        .zip(&verdicts)
-        .filter_map(|(e, v)| match v {
-            Verdict::Reject(reason) => Some((e, *reason)),
+        .enumerate()
+        .filter_map(|(i, v)| match v {
+            Verdict::Reject(reason) => Some((i, *reason)),
             _ => None,
         })
         .collect();
@@ -176,11 +152,11 @@ async fn store_classified(
              select * from unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::timestamptz[], $6::text[])
              on conflict do nothing",
         )
-        .bind(rejected.iter().map(|(e, _)| uuid(e)).collect::<Vec<_>>())
-        .bind(rejected.iter().map(|(e, _)| e.holder.user.as_str()).collect::<Vec<_>>())
-        .bind(rejected.iter().map(|(e, _)| e.holder.key.as_str()).collect::<Vec<_>>())
-        .bind(rejected.iter().map(|(e, _)| e.seq).collect::<Vec<_>>())
-        .bind(rejected.iter().map(|(e, _)| e.at).collect::<Vec<_>>())
+        .bind(rejected.iter().map(|&(i, _)| uuid(&entries[i])).collect::<Vec<_>>())
+        .bind(rejected.iter().map(|&(i, _)| entries[i].holder.user.as_str()).collect::<Vec<_>>())
+        .bind(rejected.iter().map(|&(i, _)| entries[i].holder.key.as_str()).collect::<Vec<_>>())
+        .bind(rejected.iter().map(|&(i, _)| entries[i].seq).collect::<Vec<_>>())
+        .bind(rejected.iter().map(|&(i, _)| entries[i].at).collect::<Vec<_>>())
         .bind(rejected.iter().map(|(_, r)| r.as_str()).collect::<Vec<_>>())
         .execute(&mut *tx)
         .await?;
@@ -189,7 +165,7 @@ async fn store_classified(
     tx.commit().await?;
     Ok(Some(BatchSummary {
         inserted: counted.len() as u64,
-        rejected: rejected.len() as u64,
+        rejected,
     }))
 }
 
@@ -432,8 +408,9 @@ fn classify(
             match stored.holders.get(&holder) {
                 Some(key) if key == entry.holder.key.as_str() => Verdict::AlreadyStored,
                 Some(_) => Verdict::Reject(RejectReason::UserHoldsOtherKey),
-                None if stored.seqs.contains(&seq) => Verdict::Reject(RejectReason::SeqTaken),
+                // No room is the more final of the two: the user's answer is SOLD_OUT.
                 None if *left <= 0 => Verdict::Reject(RejectReason::SoldOut),
+                None if stored.seqs.contains(&seq) => Verdict::Reject(RejectReason::SeqTaken),
                 None => {
                     *left -= 1;
                     stored
@@ -445,6 +422,58 @@ fn classify(
             }
         })
         .collect()
+}
+
+/// What PostgreSQL decided for each of `redemptions` it has seen, by index: stored (the user's
+/// row holds this key), refused because the user holds another key, or refused for the reason
+/// recorded. The ones it has not seen yet are left out.
+pub async fn fates(
+    pool: &PgPool,
+    redemptions: &[(CampaignId, &Holder)],
+) -> Result<Vec<(usize, Fate)>, sqlx::Error> {
+    let rows: Vec<(i64, Option<String>, Option<String>)> = sqlx::query_as(
+        "select w.i, r.idempotency_key, j.reason
+         from unnest($1::uuid[], $2::text[], $3::text[]) with ordinality
+              as w (campaign_id, user_id, idempotency_key, i)
+         left join redemptions r
+                on r.campaign_id = w.campaign_id and r.user_id = w.user_id
+         left join rejected_redemptions j
+                on j.campaign_id = w.campaign_id and j.user_id = w.user_id
+               and j.idempotency_key = w.idempotency_key
+         where r.user_id is not null or j.user_id is not null",
+    )
+    .bind(
+        redemptions
+            .iter()
+            .map(|(c, _)| c.as_uuid())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        redemptions
+            .iter()
+            .map(|(_, h)| h.user.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        redemptions
+            .iter()
+            .map(|(_, h)| h.key.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(ordinal, stored_key, reason)| {
+            let i = usize::try_from(ordinal - 1).ok()?;
+            let fate = match stored_key {
+                Some(key) if key == redemptions.get(i)?.1.key.as_str() => Fate::Stored,
+                Some(_) => Fate::Refused(RejectReason::UserHoldsOtherKey),
+                None => Fate::Refused(RejectReason::parse(reason.as_deref()?)?),
+            };
+            Some((i, fate))
+        })
+        .collect())
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ pub const HTTP_CONNECTIONS_OPEN: &str = "vg_http_connections_open";
 pub const HTTP_CONNECTIONS_REFUSED: &str = "vg_http_connections_refused_total";
 pub const HTTP_CONNECTIONS_CLOSED: &str = "vg_http_connections_closed_total";
 pub const REDEEM_SCRIPT_DURATION: &str = "vg_redeem_script_duration_seconds";
+pub const ACK_WAIT_DURATION: &str = "vg_ack_wait_seconds";
 pub const HYDRATIONS: &str = "vg_hydrations_total";
 pub const WRITER_BATCH_SIZE: &str = "vg_writer_batch_size";
 pub const WRITER_COMMIT_DURATION: &str = "vg_writer_commit_duration_seconds";

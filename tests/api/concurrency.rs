@@ -6,7 +6,7 @@ use futures::future::join_all;
 use rstest::rstest;
 
 use crate::helpers::{
-    Answer, TestApp,
+    Acked, Answer, TestApp,
     Topology::{self, Cluster, Single},
     stored,
 };
@@ -19,8 +19,9 @@ fn count(answers: &[Answer], outcome: &str) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_users_racing_for_a_hundred_vouchers(
     #[values(Single, Cluster)] topology: Topology,
+    #[values(Acked::Redis, Acked::Replica, Acked::Postgres)] ack: Acked,
 ) {
-    let app = TestApp::spawn_on(topology).await;
+    let app = TestApp::spawn_acked(topology, ack).await;
     let id = app.create_campaign(100).await;
 
     let answers = join_all((0..1_000).map(|n| app.redeem(id, format!("user-{n}"), "k"))).await;
@@ -57,8 +58,9 @@ async fn a_thousand_users_racing_for_a_hundred_vouchers(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_user_with_a_hundred_keys_gets_one_voucher(
     #[values(Single, Cluster)] topology: Topology,
+    #[values(Acked::Redis, Acked::Replica, Acked::Postgres)] ack: Acked,
 ) {
-    let app = TestApp::spawn_on(topology).await;
+    let app = TestApp::spawn_acked(topology, ack).await;
     let id = app.create_campaign(10).await;
 
     let answers = join_all((0..100).map(|n| app.redeem(id, "greedy", format!("key-{n}")))).await;
@@ -73,8 +75,9 @@ async fn one_user_with_a_hundred_keys_gets_one_voucher(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_request_sent_a_hundred_times_takes_one_voucher(
     #[values(Single, Cluster)] topology: Topology,
+    #[values(Acked::Redis, Acked::Replica, Acked::Postgres)] ack: Acked,
 ) {
-    let app = TestApp::spawn_on(topology).await;
+    let app = TestApp::spawn_acked(topology, ack).await;
     let id = app.create_campaign(10).await;
 
     let answers = join_all((0..100).map(|_| app.redeem(id, "retrier", "same-key"))).await;
@@ -101,8 +104,9 @@ async fn one_request_sent_a_hundred_times_takes_one_voucher(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn campaigns_hammered_at_once_do_not_interfere(
     #[values(Single, Cluster)] topology: Topology,
+    #[values(Acked::Redis, Acked::Replica, Acked::Postgres)] ack: Acked,
 ) {
-    let app = TestApp::spawn_on(topology).await;
+    let app = TestApp::spawn_acked(topology, ack).await;
     let totals = [5_i64, 20, 50, 200];
     let ids = join_all(totals.iter().map(|total| app.create_campaign(*total))).await;
 

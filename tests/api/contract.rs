@@ -3,7 +3,7 @@ use rstest::rstest;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    TestApp,
+    Acked, TestApp,
     Topology::{self, Cluster, Single},
 };
 
@@ -11,8 +11,9 @@ use crate::helpers::{
 #[tokio::test]
 async fn creating_a_campaign_answers_201_with_location_and_summary(
     #[values(Single, Cluster)] topology: Topology,
+    #[values(Acked::Redis, Acked::Replica, Acked::Postgres)] ack: Acked,
 ) {
-    let app = TestApp::spawn_on(topology).await;
+    let app = TestApp::spawn_acked(topology, ack).await;
 
     let response = app
         .client
@@ -37,8 +38,11 @@ async fn creating_a_campaign_answers_201_with_location_and_summary(
 
 #[rstest]
 #[tokio::test]
-async fn the_three_outcomes_and_the_replay_header(#[values(Single, Cluster)] topology: Topology) {
-    let app = TestApp::spawn_on(topology).await;
+async fn the_three_outcomes_and_the_replay_header(
+    #[values(Single, Cluster)] topology: Topology,
+    #[values(Acked::Redis, Acked::Replica, Acked::Postgres)] ack: Acked,
+) {
+    let app = TestApp::spawn_acked(topology, ack).await;
     let id = app.create_campaign(1).await;
 
     let first = app.redeem(id, "alice", "k1").await;
@@ -66,8 +70,11 @@ async fn the_three_outcomes_and_the_replay_header(#[values(Single, Cluster)] top
 
 #[rstest]
 #[tokio::test]
-async fn the_idempotency_key_may_come_as_a_header(#[values(Single, Cluster)] topology: Topology) {
-    let app = TestApp::spawn_on(topology).await;
+async fn the_idempotency_key_may_come_as_a_header(
+    #[values(Single, Cluster)] topology: Topology,
+    #[values(Acked::Redis, Acked::Replica, Acked::Postgres)] ack: Acked,
+) {
+    let app = TestApp::spawn_acked(topology, ack).await;
     let id = app.create_campaign(5).await;
     let redeem = |key_header: &'static str, body: Value| {
         app.client
@@ -100,8 +107,11 @@ async fn the_idempotency_key_may_come_as_a_header(#[values(Single, Cluster)] top
 
 #[rstest]
 #[tokio::test]
-async fn unicode_user_ids_and_keys_are_accepted(#[values(Single, Cluster)] topology: Topology) {
-    let app = TestApp::spawn_on(topology).await;
+async fn unicode_user_ids_and_keys_are_accepted(
+    #[values(Single, Cluster)] topology: Topology,
+    #[values(Acked::Redis, Acked::Replica, Acked::Postgres)] ack: Acked,
+) {
+    let app = TestApp::spawn_acked(topology, ack).await;
     let id = app.create_campaign(2).await;
 
     let answer = app.redeem(id, "Zoë 🎫", "clé-✓").await;
@@ -116,8 +126,11 @@ async fn unicode_user_ids_and_keys_are_accepted(#[values(Single, Cluster)] topol
 
 #[rstest]
 #[tokio::test]
-async fn an_unknown_campaign_is_a_404_problem(#[values(Single, Cluster)] topology: Topology) {
-    let app = TestApp::spawn_on(topology).await;
+async fn an_unknown_campaign_is_a_404_problem(
+    #[values(Single, Cluster)] topology: Topology,
+    #[values(Acked::Redis, Acked::Replica, Acked::Postgres)] ack: Acked,
+) {
+    let app = TestApp::spawn_acked(topology, ack).await;
     let id = uuid::Uuid::new_v4();
 
     let summary = app.get_campaign(id).await;

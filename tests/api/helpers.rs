@@ -24,6 +24,9 @@ use voucher_gateway::{
     },
 };
 
+/// What the app under test acknowledges redeems after.
+pub use voucher_gateway::config::AckMode as Acked;
+
 pub fn database_url() -> String {
     std::env::var("TEST_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/voucher_gateway_test".into())
@@ -111,6 +114,8 @@ pub struct TestApp {
     pub db: PgPool,
     /// A connection of the test's own to the app's Redis.
     pub redis: Connection,
+    /// Private Redis servers the app uses, stopped with it.
+    servers: Vec<RedisServer>,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -155,9 +160,27 @@ impl TestApp {
             client: reqwest::Client::new(),
             db,
             redis,
+            servers: Vec::new(),
             stop,
             task,
         }
+    }
+
+    /// An app on the shared Redis of `topology` acknowledging redeems as `ack` says; on one
+    /// server, `replica` runs on a private server with a replica of its own.
+    pub async fn spawn_acked(topology: Topology, ack: Acked) -> Self {
+        let mut config = test_config_on(topology);
+        config.ack.mode = ack;
+        let mut servers = Vec::new();
+        if topology == Topology::Single && ack == Acked::Replica {
+            let primary = RedisServer::start();
+            servers.push(RedisServer::start_replica_of(&primary));
+            config.redis.redis_url = primary.url().into();
+            servers.push(primary);
+        }
+        let mut app = Self::spawn_with(config).await;
+        app.servers = servers;
+        app
     }
 
     /// Stops the app gracefully and returns what `run` returned.
@@ -369,6 +392,8 @@ pub struct RedisServer {
     pub port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// The port of the server this one replicates.
+    primary: Option<u16>,
     /// `appendonly yes` with `appendfsync always`: every acknowledged write survives a kill.
     aof: bool,
     /// `requirepass`, when set.
@@ -411,12 +436,31 @@ impl RedisServer {
             port: free_port(),
             dir: tempfile::tempdir().unwrap(),
             child: None,
+            primary: None,
             aof,
             password,
             tls,
         };
         server.restart();
         server
+    }
+
+    /// A replica of `primary` (a server without password or TLS), once in sync with it.
+    pub fn start_replica_of(primary: &RedisServer) -> Self {
+        let mut replica = Self {
+            port: free_port(),
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+            primary: Some(primary.port),
+            aof: false,
+            password: None,
+            tls: None,
+        };
+        replica.restart();
+        wait_until(|| {
+            redis_cli(replica.port, &["info", "replication"]).contains("master_link_status:up")
+        });
+        replica
     }
 
     pub fn url(&self) -> String {
@@ -464,6 +508,9 @@ impl RedisServer {
             .arg(self.dir.path());
         if let Some(password) = &self.password {
             command.args(["--requirepass", password]);
+        }
+        if let Some(primary) = self.primary {
+            command.args(["--replicaof", "127.0.0.1", &primary.to_string()]);
         }
         let child = command
             .stdout(Stdio::null())
@@ -602,7 +649,7 @@ fn run(command: &mut Command) {
     assert!(status.success(), "{command:?} failed");
 }
 
-fn wait_until(mut ready: impl FnMut() -> bool) {
+pub fn wait_until(mut ready: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !ready() {
         assert!(Instant::now() < deadline, "server did not come up");

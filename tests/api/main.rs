@@ -1,6 +1,7 @@
 //! Integration tests: the real app against real Redis and PostgreSQL. Each test creates its own
 //! campaigns, so tests run in parallel on the shared servers; fault tests start private servers.
 
+mod acknowledgements;
 mod bad_input;
 mod balanced;
 mod cluster;
