@@ -2,17 +2,24 @@
 //! durability does not come in time, and that the retry with the same key answers the same
 //! decision once it does. The contract and concurrency tests run in every mode too.
 
-use std::time::Duration;
+use std::{collections::HashSet, time::Duration};
 
 use futures::future::join_all;
+use redis::AsyncCommands;
 use reqwest::StatusCode;
 use rstest::rstest;
 use serde_json::Value;
+use voucher_gateway::redis::keys::Shards;
 
-use crate::helpers::{
-    Acked, RedisServer, TestApp,
-    Topology::{self, Cluster, Single},
-    redis_cli, stored, test_config_on,
+use crate::{
+    faults::{CLIENTS, connect, stall_writers, wait_drained, wait_sold_out},
+    helpers::{
+        Acked, RedisServer, TestApp,
+        Topology::{self, Cluster, Single},
+        private_redis_config, redis_cli, stored, test_config_on,
+    },
+    load::Load,
+    process::private_database,
 };
 
 /// An app on `topology` acknowledging as `ack`, with a short acknowledgement timeout; `writer`
@@ -177,5 +184,132 @@ async fn in_replica_mode_a_lost_replica_makes_redeems_not_durable_and_its_return
     assert_eq!(
         app.redeem(id, "ann", "other").await.outcome(),
         "ALREADY_REDEEMED"
+    );
+}
+
+/// Postgres-mode settings on a private Redis.
+fn private_postgres_config(redis: &RedisServer) -> voucher_gateway::config::ServeConfig {
+    let mut config = private_redis_config(redis, true);
+    config.ack.mode = Acked::Postgres;
+    config
+}
+
+#[tokio::test]
+async fn in_postgres_mode_redis_restarted_empty_under_load_loses_no_acknowledged_redemption() {
+    let mut redis = RedisServer::start();
+    let database = private_database().await;
+    let mut config = private_postgres_config(&redis);
+    config.database.database_url = database.into();
+    let app = TestApp::spawn_with(config).await;
+    let total = 2_000;
+    let id = app.create_campaign(total).await;
+    let before_fault = Load::start(vec![app.address.clone()], id, CLIENTS);
+    before_fault.wait_acked(300).await;
+
+    // Stall the writers on the campaign's row lock: grants made from now on wait in the outbox,
+    // unstored and so unanswered, and are lost with Redis.
+    let stall = stall_writers(&app.db, id).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut con = connect(&redis.url()).await;
+    let mut unstored = 0;
+    for outbox in Shards::new(16).outboxes() {
+        unstored += con.xlen::<_, u64>(&outbox).await.unwrap();
+    }
+    redis.kill();
+    let first = before_fault.stop().await;
+    stall.rollback().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    redis.restart();
+    let after_fault = Load::start(vec![app.address.clone()], id, CLIENTS);
+    wait_sold_out(&app, id).await;
+    let history = first.merge(after_fault.stop().await);
+    wait_drained(&redis.url()).await;
+
+    assert!(
+        unstored > 0,
+        "nothing was lost with Redis: the test proves nothing"
+    );
+    let audit = history.audit(&app.db, id, &HashSet::new()).await;
+    assert_eq!(audit.lost, Vec::<String>::new(), "acknowledged and lost");
+    assert_eq!(stored(&app.db, id).await.len() as i64, total);
+    let (undecided, without_retry_after) = history.undecided_and_without_retry_after();
+    assert_eq!(without_retry_after, 0, "a 503 without Retry-After");
+    eprintln!(
+        "--ack postgres, Redis restarted empty under load: {unstored} grants unstored in the \
+         outbox were lost with Redis, none of them acknowledged; 0 of {} acknowledged \
+         redemptions lost (clients' record); {undecided} attempts answered 503 and retried; \
+         sold out at exactly {total} in PostgreSQL",
+        audit.acked.len(),
+    );
+}
+
+#[tokio::test]
+async fn in_postgres_mode_redis_rolled_back_never_answers_redeemed_for_a_grant_postgres_refused() {
+    let redis = RedisServer::start();
+    let app = TestApp::spawn_with(private_postgres_config(&redis)).await;
+    let total = 400;
+    let id = app.create_campaign(total).await;
+    let keys = app.keys(id);
+    let mut con = connect(&redis.url()).await;
+
+    let selling = Load::start(vec![app.address.clone()], id, 8);
+    selling.wait_acked(150).await;
+    // One consistent snapshot of both keys, as a replica would hold them.
+    let (campaign_then, users_then): (Vec<u8>, Vec<u8>) = redis::pipe()
+        .atomic()
+        .cmd("DUMP")
+        .arg(&keys.campaign)
+        .cmd("DUMP")
+        .arg(&keys.users)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    selling.wait_acked(total as usize).await;
+    let first = selling.stop().await;
+    wait_drained(&redis.url()).await;
+
+    // The rollback: the older campaign state comes back, as from a lagging replica.
+    for (key, dump) in [(&keys.campaign, &campaign_then), (&keys.users, &users_then)] {
+        let _: () = redis::cmd("RESTORE")
+            .arg(key)
+            .arg(0)
+            .arg(dump)
+            .arg("REPLACE")
+            .query_async(&mut con)
+            .await
+            .unwrap();
+    }
+    let holders_then: i64 = con.hlen(&keys.users).await.unwrap();
+    let regranting = Load::start(vec![app.address.clone()], id, 8);
+    wait_sold_out(&app, id).await;
+    let second = regranting.stop().await;
+    wait_drained(&redis.url()).await;
+
+    let excess = (total - holders_then) as usize;
+    let refused: i64 =
+        sqlx::query_scalar("select count(*) from rejected_redemptions where campaign_id = $1")
+            .bind(id.as_uuid())
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(
+        refused as usize, excess,
+        "Redis granted again what it had given"
+    );
+    assert!(
+        second
+            .decided()
+            .all(|r| r.decision.as_deref() == Some("SOLD_OUT")),
+        "a grant PostgreSQL refused was answered other than SOLD_OUT"
+    );
+    let history = first.merge(second);
+    let audit = history.audit(&app.db, id, &HashSet::new()).await;
+    assert_eq!(audit.lost, Vec::<String>::new(), "REDEEMED without a row");
+    assert_eq!(stored(&app.db, id).await.len() as i64, total);
+    eprintln!(
+        "--ack postgres, Redis rolled back {excess} grants: {excess} grants made again, all \
+         refused by PostgreSQL and answered SOLD_OUT; 0 REDEEMED answers without a row ({} \
+         acknowledged, all stored)",
+        audit.acked.len(),
     );
 }

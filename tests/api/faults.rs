@@ -31,7 +31,7 @@ pub const LARGE: i64 = 1_000_000;
 /// service is back.
 const DURABLE_WITHIN: Duration = Duration::from_secs(10);
 
-async fn connect(redis_url: &str) -> redis::aio::MultiplexedConnection {
+pub async fn connect(redis_url: &str) -> redis::aio::MultiplexedConnection {
     redis::Client::open(redis_url)
         .unwrap()
         .get_multiplexed_async_connection()
@@ -41,7 +41,7 @@ async fn connect(redis_url: &str) -> redis::aio::MultiplexedConnection {
 
 /// Waits until every outbox stream is empty: each entry written to PostgreSQL and acknowledged.
 /// Returns how long that took.
-async fn wait_drained(redis_url: &str) -> Duration {
+pub async fn wait_drained(redis_url: &str) -> Duration {
     wait_drained_on(&mut connect(redis_url).await).await
 }
 

@@ -711,6 +711,16 @@ impl RedisCluster {
         let pid = std::fs::read_to_string(self.dir.path().join(format!("{port}.pid"))).unwrap();
         run(Command::new("kill").args(["-9", pid.trim()]));
     }
+
+    /// Starts a killed node again with its cluster state (`scripts/redis-cluster restart`).
+    pub fn restart(&self, port: u16) {
+        run(
+            Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/redis-cluster"))
+                .arg("restart")
+                .arg(self.dir.path())
+                .arg(port.to_string()),
+        );
+    }
 }
 
 impl Drop for RedisCluster {
