@@ -235,7 +235,7 @@ pub struct WriterConfig {
     #[arg(long, env = "VG_WRITER_BATCH_SIZE", default_value_t = 1000, value_parser = clap::value_parser!(u16).range(1..=5000))]
     pub writer_batch_size: u16,
     /// How long a partial batch waits for more entries before it is written. Default: 50ms, and
-    /// 5ms with `--ack postgres`, where every redeem's answer waits for its batch.
+    /// 1ms with `--ack postgres`, where every redeem's answer waits for its batch.
     #[arg(long, env = "VG_WRITER_FLUSH_INTERVAL", value_parser = humantime::parse_duration)]
     pub writer_flush_interval: Option<Duration>,
     /// How long an outbox entry may stay pending, untouched, with a writer before another
@@ -258,7 +258,7 @@ impl ServeConfig {
         self.writer
             .writer_flush_interval
             .unwrap_or(match self.ack.mode {
-                AckMode::Postgres => Duration::from_millis(5),
+                AckMode::Postgres => Duration::from_millis(1),
                 AckMode::Redis | AckMode::Replica => Duration::from_millis(50),
             })
     }
@@ -507,7 +507,7 @@ mod tests {
         let parse = |args: &[&str]| {
             ServeConfig::try_parse_from([&["serve", "--ack", "postgres"], args].concat()).unwrap()
         };
-        assert_eq!(parse(&[]).writer_flush_interval(), Duration::from_millis(5));
+        assert_eq!(parse(&[]).writer_flush_interval(), Duration::from_millis(1));
         let set = parse(&["--writer-flush-interval", "20ms"]);
         assert_eq!(set.writer_flush_interval(), Duration::from_millis(20));
     }

@@ -88,6 +88,11 @@ fn describe() {
         Unit::Seconds,
         "Round trip of one redeem.lua call, from the gateway"
     );
+    describe_histogram!(
+        ACK_WAIT_DURATION,
+        Unit::Seconds,
+        "How long a redeem waited for the durability --ack promises, by mode (replica: its group's scripts and WAIT; postgres: from its decision to its row's fate)"
+    );
     describe_counter!(
         HYDRATIONS,
         "Campaign loads into Redis by result (loaded, absent, failed)"
