@@ -156,8 +156,9 @@ fn problem_description(status: u16) -> &'static str {
         422 => "invalid_field, invalid_body or idempotency_key_mismatch",
         501 => "transfer_coding_not_implemented: a Transfer-Encoding other than chunked",
         UNAVAILABLE => {
-            "redis_unavailable, database_unavailable, overloaded or timeout: retry after \
-             Retry-After seconds (a redeem with the same idempotency key)"
+            "redis_unavailable, database_unavailable, overloaded, timeout or not_durable (the \
+             redeem is decided, not yet as durable as VG_ACK promises): retry after Retry-After \
+             seconds (a redeem with the same idempotency key)"
         }
         _ => "error",
     }
