@@ -14,7 +14,7 @@ use voucher_gateway::redis::keys::Shards;
 use crate::{
     faults::{CLIENTS, connect, stall_writers, wait_drained, wait_sold_out},
     helpers::{
-        Acked, RedisServer, TestApp,
+        Acked, PgServer, RedisServer, TestApp,
         Topology::{self, Cluster, Single},
         private_redis_config, redis_cli, stored, test_config_on,
     },
@@ -312,4 +312,38 @@ async fn in_postgres_mode_redis_rolled_back_never_answers_redeemed_for_a_grant_p
          acknowledged, all stored)",
         audit.acked.len(),
     );
+}
+
+#[tokio::test]
+async fn in_postgres_mode_postgresql_down_makes_new_grants_not_durable_until_it_is_back() {
+    let (redis, postgres) = (RedisServer::start(), PgServer::start());
+    let mut config = private_postgres_config(&redis);
+    config.database.database_url = postgres.url().into();
+    config.ack.timeout = Duration::from_millis(300);
+    let app = TestApp::spawn_with(config).await;
+    let id = app.create_campaign(10).await;
+    assert_eq!(app.redeem(id, "ann", "k").await.outcome(), "REDEEMED");
+
+    postgres.stop();
+    let during = app.post_redeem(id, "bob", "k").await;
+    // Redis's own answers go on.
+    let second_key = app.redeem(id, "ann", "other").await;
+    postgres.start_again();
+    assert_not_durable(during).await;
+    assert_eq!(second_key.outcome(), "ALREADY_REDEEMED");
+
+    // Once the writers store the entry that waited in the outbox, the retry answers it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let retry = loop {
+        let retry = app.redeem(id, "bob", "k").await;
+        if retry.status == StatusCode::OK || std::time::Instant::now() > deadline {
+            break retry;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        (retry.body.as_str(), retry.replayed),
+        (r#"{"status":"REDEEMED"}"#, true)
+    );
+    assert_eq!(stored(&app.db, id).await.len(), 2);
 }
