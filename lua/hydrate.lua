@@ -2,11 +2,13 @@
 -- Called in two phases so that a campaign with a million holders loads in bounded chunks:
 -- 'users' chunks first, then one 'commit' that makes the campaign visible to redeem.lua.
 --
--- KEYS[1]  {vg:N.k}:c:<campaign>  hash: total, remaining, name, seq
+-- KEYS[1]  {vg:N.k}:c:<campaign>  hash: total, remaining, name, seq, and the sale window's
+--                                 starts and ends (milliseconds since the epoch) when set
 -- KEYS[2]  {vg:N.k}:u:<campaign>  hash: userId -> idempotencyKey
 -- ARGV[1] = 'users'   ARGV[2..]: userId, idempotencyKey pairs
 -- ARGV[1] = 'commit'  ARGV[2]: total  ARGV[3]: name  ARGV[4]: distinct holders the caller loaded
 --                     ARGV[5]: the highest voucher number known given (the next one is above it)
+--                     ARGV[6], ARGV[7]: the window's starts and ends, '' where open
 --
 -- Returns:
 --   0  the campaign is already loaded (another gateway won); nothing written
@@ -39,4 +41,10 @@ if remaining < 0 then
 end
 redis.call('HSET', KEYS[1], 'total', total, 'remaining', remaining, 'name', ARGV[3],
     'seq', ARGV[5])
+if ARGV[6] ~= '' then
+    redis.call('HSET', KEYS[1], 'starts', ARGV[6])
+end
+if ARGV[7] ~= '' then
+    redis.call('HSET', KEYS[1], 'ends', ARGV[7])
+end
 return 1

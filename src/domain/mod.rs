@@ -5,9 +5,11 @@
 mod text;
 mod campaign;
 mod redemption;
+mod window;
 
 pub use campaign::{CampaignId, CampaignName, Total};
 pub use redemption::{Fate, Holder, IdempotencyKey, OutboxEntry, Outcome, RejectReason, UserId};
+pub use window::{Timestamp, Window};
 
 /// Why a value was refused at the edge; the HTTP layer adds the field name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -22,4 +24,10 @@ pub enum DomainError {
     OutOfRange { min: i64, max: i64 },
     #[error("must be a UUID")]
     NotUuid,
+    #[error("must be an RFC 3339 date and time with an offset, such as 2026-11-27T09:00:00Z")]
+    NotTimestamp,
+    #[error("must be in the years {first} to {last}")]
+    YearOutOfRange { first: i32, last: i32 },
+    #[error("must be after startsAt")]
+    EndsBeforeStart,
 }

@@ -114,9 +114,17 @@ impl Fate {
 /// the voucher; the client sees the same status either way (the HTTP layer names them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
-    Redeemed { replayed: bool },
+    Redeemed {
+        replayed: bool,
+    },
     AlreadyRedeemed,
     SoldOut,
+    /// The sale window has ended.
+    Ended,
+    /// The sale window opens this long from now: nothing was recorded.
+    NotStarted {
+        opens_in: std::time::Duration,
+    },
 }
 
 #[cfg(test)]

@@ -140,6 +140,7 @@ impl Hydrator {
                 &campaign.name,
                 distinct,
                 last_seq,
+                campaign.window(),
             );
             match commit.await? {
                 Hydration::Written => {

@@ -19,8 +19,8 @@ use sqlx::PgPool;
 
 use crate::{
     domain::{
-        CampaignId, CampaignName, Fate, Holder, IdempotencyKey, Outcome, RejectReason, Total,
-        UserId,
+        CampaignId, CampaignName, Fate, Holder, IdempotencyKey, Outcome, RejectReason, Timestamp,
+        Total, UserId, Window,
     },
     redis::{
         keys::Shards,
@@ -40,6 +40,7 @@ const LOAD_ATTEMPTS: usize = 3;
 
 /// A campaign's counters, as the API returns them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct Summary {
     #[schema(value_type = uuid::Uuid)]
     pub id: CampaignId,
@@ -47,6 +48,10 @@ pub struct Summary {
     pub total: i64,
     pub redeemed: i64,
     pub remaining: i64,
+    /// When redeems open; `null`: from the campaign's creation.
+    pub starts_at: Option<Timestamp>,
+    /// When redeems end; `null`: when the vouchers run out.
+    pub ends_at: Option<Timestamp>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -112,14 +117,14 @@ impl Gateway {
         &self,
         name: CampaignName,
         total: Total,
+        window: Window,
     ) -> Result<Summary, GatewayError> {
         let id = CampaignId::new_random();
-        let row = store::insert_campaign(&self.db, id, &name, total).await?;
+        let row = store::insert_campaign(&self.db, id, &name, total, window).await?;
         let keys = self.shards.campaign(id);
         let mut con = self.redis.clone();
-        if let Err(error) =
-            scripts::hydrate_commit(&mut con, &keys, row.total, &row.name, 0, 0).await
-        {
+        let loaded = scripts::hydrate_commit(&mut con, &keys, row.total, &row.name, 0, 0, window);
+        if let Err(error) = loaded.await {
             tracing::warn!(%id, %error, "campaign stored but not loaded into Redis; it loads on first use");
         }
         Ok(Summary {
@@ -128,7 +133,29 @@ impl Gateway {
             total: row.total.into(),
             redeemed: 0,
             remaining: row.total.into(),
+            starts_at: window.starts_at,
+            ends_at: window.ends_at,
         })
+    }
+
+    /// Ends a campaign's sale now, by Redis's clock, unless it ended before: Redis first (the
+    /// decisions' truth), then PostgreSQL; a retry after a failure writes the same end to both.
+    pub async fn close(&self, id: CampaignId) -> Result<Summary, GatewayError> {
+        let keys = self.shards.campaign(id);
+        let mut con = self.redis.clone();
+        for _ in 0..LOAD_ATTEMPTS {
+            let Some(ends) = scripts::close(&mut con, &keys).await? else {
+                self.hydrator.load(id).await?;
+                continue;
+            };
+            let ends = Timestamp::from_millis(ends)
+                .ok_or_else(|| crate::redis::unexpected_reply("close.lua", ends))?;
+            if !store::close_campaign(&self.db, id, ends).await? {
+                return Err(GatewayError::NotFound);
+            }
+            return self.summary(id).await;
+        }
+        Err(GatewayError::Unstable(id))
     }
 
     /// Decides one redeem in Redis, hydrating the campaign first if Redis does not hold it; a
@@ -163,6 +190,8 @@ impl Gateway {
                 Decision::Replayed => true,
                 Decision::AlreadyRedeemed => return Ok(Outcome::AlreadyRedeemed),
                 Decision::SoldOut => return Ok(Outcome::SoldOut),
+                Decision::Ended => return Ok(Outcome::Ended),
+                Decision::NotStarted { opens_in } => return Ok(Outcome::NotStarted { opens_in }),
             };
             let Durability::Postgres(persistence) = &self.durability else {
                 return Ok(Outcome::Redeemed { replayed });
@@ -199,6 +228,8 @@ impl Gateway {
                         total: counters.total,
                         redeemed: counters.total - counters.remaining,
                         remaining: counters.remaining,
+                        starts_at: counters.window.starts_at,
+                        ends_at: counters.window.ends_at,
                     });
                 }
                 None => self.hydrator.load(id).await?,

@@ -15,10 +15,10 @@ use super::{
     error::ApiError,
     extract::{ApiJson, CampaignPath, KeyHeader},
     observe::OutcomeLabel,
-    openapi::{CreateProblems, HeaderKey, ReadProblems, RedeemProblems},
+    openapi::{CloseProblems, CreateProblems, HeaderKey, ReadProblems, RedeemProblems},
 };
 use crate::{
-    domain::{CampaignName, IdempotencyKey, Outcome, Total, UserId},
+    domain::{CampaignName, IdempotencyKey, Outcome, Timestamp, Total, UserId, Window},
     gateway::{Gateway, Summary},
 };
 
@@ -26,7 +26,7 @@ use crate::{
 static IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 
 #[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct CreateCampaign {
     /// Display name, trimmed.
     #[schema(example = "Black Friday")]
@@ -34,6 +34,11 @@ pub struct CreateCampaign {
     /// How many vouchers the campaign holds.
     #[schema(example = 1000)]
     total: Total,
+    /// When redeems open (before it they answer 409 `campaign_not_started`); from creation when
+    /// omitted.
+    starts_at: Option<Timestamp>,
+    /// When redeems end (from it they answer ENDED); after `startsAt`; never when omitted.
+    ends_at: Option<Timestamp>,
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -58,6 +63,8 @@ pub enum RedeemStatus {
     AlreadyRedeemed,
     /// No voucher is left.
     SoldOut,
+    /// The campaign's sale window has ended (at `endsAt`, or when it was closed).
+    Ended,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -72,6 +79,7 @@ impl RedeemStatus {
             RedeemStatus::Redeemed => r#"{"status":"REDEEMED"}"#,
             RedeemStatus::AlreadyRedeemed => r#"{"status":"ALREADY_REDEEMED"}"#,
             RedeemStatus::SoldOut => r#"{"status":"SOLD_OUT"}"#,
+            RedeemStatus::Ended => r#"{"status":"ENDED"}"#,
         }
     }
 }
@@ -89,7 +97,15 @@ pub async fn create_campaign(
     State(gateway): State<Arc<Gateway>>,
     ApiJson(request): ApiJson<CreateCampaign>,
 ) -> Result<Response, ApiError> {
-    let summary = gateway.create_campaign(request.name, request.total).await?;
+    let window = Window::new(request.starts_at, request.ends_at).map_err(|error| {
+        ApiError::InvalidField {
+            field: "endsAt".into(),
+            detail: error.to_string(),
+        }
+    })?;
+    let summary = gateway
+        .create_campaign(request.name, request.total, window)
+        .await?;
     let location = format!("/campaigns/{}", summary.id);
     Ok((
         StatusCode::CREATED,
@@ -108,6 +124,18 @@ pub async fn get_campaign(
     CampaignPath(id): CampaignPath,
 ) -> Result<Json<Summary>, ApiError> {
     Ok(Json(gateway.summary(id).await?))
+}
+
+/// End a campaign's sale now (idempotent): redeems answer ENDED from then on.
+#[utoipa::path(post, path = "/campaigns/{id}/close", tag = "campaigns",
+    params(("id" = uuid::Uuid, Path, description = "The campaign's id")),
+    responses((status = 200, description = "Closed; the campaign", body = Summary), CloseProblems),
+    security((), ("admin_token" = [])))]
+pub async fn close_campaign(
+    State(gateway): State<Arc<Gateway>>,
+    CampaignPath(id): CampaignPath,
+) -> Result<Json<Summary>, ApiError> {
+    Ok(Json(gateway.close(id).await?))
 }
 
 /// Redeem one voucher for a user: decided atomically, idempotent per key.
@@ -137,6 +165,8 @@ pub async fn redeem_voucher(
         Outcome::Redeemed { replayed: true } => (RedeemStatus::Redeemed, "replayed"),
         Outcome::AlreadyRedeemed => (RedeemStatus::AlreadyRedeemed, "already_redeemed"),
         Outcome::SoldOut => (RedeemStatus::SoldOut, "sold_out"),
+        Outcome::Ended => (RedeemStatus::Ended, "ended"),
+        Outcome::NotStarted { opens_in } => return Err(ApiError::CampaignNotStarted { opens_in }),
     };
     let mut response = (
         [(header::CONTENT_TYPE, "application/json")],
@@ -198,6 +228,7 @@ mod tests {
             RedeemStatus::Redeemed,
             RedeemStatus::AlreadyRedeemed,
             RedeemStatus::SoldOut,
+            RedeemStatus::Ended,
         ] {
             let serialized = serde_json::to_string(&RedeemAnswer { status }).unwrap();
             assert_eq!(status.body(), serialized);

@@ -38,6 +38,8 @@ pub enum ApiError {
     Unauthorized,
     #[error("no campaign has this id")]
     CampaignNotFound,
+    #[error("the campaign's sale has not started; retry after Retry-After seconds")]
+    CampaignNotStarted { opens_in: std::time::Duration },
     #[error("no such resource")]
     NotFound,
     #[error("this method is not allowed on this resource")]
@@ -71,6 +73,7 @@ impl ApiError {
             | ApiError::IdempotencyKeyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::CampaignNotFound | ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::CampaignNotStarted { .. } => StatusCode::CONFLICT,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::RedisUnavailable
             | ApiError::DatabaseUnavailable
@@ -95,6 +98,7 @@ impl ApiError {
             ApiError::IdempotencyKeyMismatch => "idempotency_key_mismatch",
             ApiError::Unauthorized => "unauthorized",
             ApiError::CampaignNotFound => "campaign_not_found",
+            ApiError::CampaignNotStarted { .. } => "campaign_not_started",
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::RedisUnavailable => "redis_unavailable",
@@ -120,7 +124,8 @@ pub struct Problem<'a> {
     detail: String,
     /// What went wrong, for a program: malformed_json, invalid_campaign_id, payload_too_large,
     /// body_timeout, transfer_coding_not_implemented, unsupported_media_type, invalid_field, invalid_body, idempotency_key_mismatch,
-    /// unauthorized, campaign_not_found, not_found, method_not_allowed, redis_unavailable,
+    /// unauthorized, campaign_not_found, campaign_not_started, not_found, method_not_allowed,
+    /// redis_unavailable,
     /// database_unavailable, overloaded, timeout, not_durable, internal.
     code: &'static str,
     /// The offending field or header, for invalid_field.
@@ -156,6 +161,11 @@ impl IntoResponse for ApiError {
                 header::RETRY_AFTER,
                 HeaderValue::from_static(RETRY_AFTER_SECONDS),
             );
+        }
+        if let ApiError::CampaignNotStarted { opens_in } = self {
+            // Whole seconds, rounded up, at least 1: a retry before the start is wasted.
+            let seconds = opens_in.as_millis().div_ceil(1000).max(1);
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds as u64));
         }
         if status == StatusCode::UNAUTHORIZED {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

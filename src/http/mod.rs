@@ -90,9 +90,13 @@ fn api_router(gateway: Arc<Gateway>, settings: &HttpSettings) -> Router {
     Router::new()
         .route(
             "/campaigns",
-            guarded(post(campaigns::create_campaign), admin_token),
+            guarded(post(campaigns::create_campaign), admin_token.clone()),
         )
         .route("/campaigns/{id}", get(campaigns::get_campaign))
+        .route(
+            "/campaigns/{id}/close",
+            guarded(post(campaigns::close_campaign), admin_token.clone()),
+        )
         .route(
             "/campaigns/{id}/redeem",
             guarded(post(campaigns::redeem_voucher), api_token),

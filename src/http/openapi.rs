@@ -20,6 +20,7 @@ use crate::domain::IdempotencyKey;
     paths(
         campaigns::create_campaign,
         campaigns::get_campaign,
+        campaigns::close_campaign,
         campaigns::redeem_voucher,
         ops::health,
         ops::ready,
@@ -83,6 +84,8 @@ impl ToSchema for HeaderKey {}
 
 /// Problems every campaign route can answer: overload, timeouts, a server down.
 const UNAVAILABLE: u16 = 503;
+/// A redeem before the campaign's window opens.
+const NOT_STARTED: u16 = 409;
 
 /// The problems of `POST /campaigns`.
 pub struct CreateProblems;
@@ -90,6 +93,8 @@ pub struct CreateProblems;
 pub struct ReadProblems;
 /// The problems of `POST /campaigns/{id}/redeem`.
 pub struct RedeemProblems;
+/// The problems of `POST /campaigns/{id}/close`.
+pub struct CloseProblems;
 
 impl IntoResponses for CreateProblems {
     fn responses() -> BTreeMap<String, RefOr<openapi::Response>> {
@@ -105,7 +110,13 @@ impl IntoResponses for ReadProblems {
 
 impl IntoResponses for RedeemProblems {
     fn responses() -> BTreeMap<String, RefOr<openapi::Response>> {
-        problems(&[400, 401, 404, 408, 413, 415, 422, 501, UNAVAILABLE])
+        problems(&[400, 401, 404, 408, 409, 413, 415, 422, 501, UNAVAILABLE])
+    }
+}
+
+impl IntoResponses for CloseProblems {
+    fn responses() -> BTreeMap<String, RefOr<openapi::Response>> {
+        problems(&[400, 401, 404, 408, 413, 501, UNAVAILABLE])
     }
 }
 
@@ -121,7 +132,7 @@ fn problems(statuses: &[u16]) -> BTreeMap<String, RefOr<openapi::Response>> {
             let mut response = ResponseBuilder::new()
                 .description(problem_description(status))
                 .content("application/problem+json", content);
-            if status == UNAVAILABLE {
+            if status == UNAVAILABLE || status == NOT_STARTED {
                 response = response.header(
                     "Retry-After",
                     HeaderBuilder::new()
@@ -151,6 +162,10 @@ fn problem_description(status: u16) -> &'static str {
         401 => "unauthorized: the route's bearer token is configured and was not sent",
         404 => "campaign_not_found",
         408 => "body_timeout: the declared body did not arrive within VG_BODY_READ_TIMEOUT",
+        NOT_STARTED => {
+            "campaign_not_started: the campaign's window opens in Retry-After seconds (at least \
+             1); nothing was recorded"
+        }
         413 => "payload_too_large: the body exceeds 16 KiB",
         415 => "unsupported_media_type: the body must be sent as application/json",
         422 => "invalid_field, invalid_body or idempotency_key_mismatch",

@@ -12,7 +12,7 @@ use super::{
     keys::{CampaignKeys, ShardKeys, WRITER_GROUP},
     outbox::Malformed,
 };
-use crate::domain::{CampaignId, Holder, IdempotencyKey, UserId};
+use crate::domain::{CampaignId, Holder, IdempotencyKey, Timestamp, UserId, Window};
 
 static REDEEM: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("../../lua/redeem.lua")));
@@ -23,6 +23,7 @@ static REPAIR: LazyLock<Script> =
 static RESERVE_SEQS: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("../../lua/reserve_seqs.lua")));
 static PRUNE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("../../lua/prune.lua")));
+static CLOSE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("../../lua/close.lua")));
 static ACK: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("../../lua/ack.lua")));
 static DEAD_LETTER: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("../../lua/dead_letter.lua")));
@@ -40,6 +41,12 @@ pub enum Decision {
     Replayed,
     AlreadyRedeemed,
     SoldOut,
+    /// Past the window's end.
+    Ended,
+    /// Before the window's start, this long before it by Redis's clock.
+    NotStarted {
+        opens_in: Duration,
+    },
 }
 
 /// Runs `redeem.lua`: one atomic decision, and on a new redemption one outbox entry.
@@ -157,6 +164,10 @@ fn decision(reply: i64) -> RedisResult<Decision> {
         -1 => Ok(Decision::Replayed),
         -2 => Ok(Decision::AlreadyRedeemed),
         -3 => Ok(Decision::SoldOut),
+        -4 => Ok(Decision::Ended),
+        ..=-1000 => Ok(Decision::NotStarted {
+            opens_in: Duration::from_millis((-1000 - reply) as u64),
+        }),
         _ => Err(super::unexpected_reply("redeem.lua", reply.to_string())),
     }
 }
@@ -197,7 +208,9 @@ pub async fn hydrate_commit(
     name: &str,
     holders_loaded: usize,
     last_seq: i64,
+    window: Window,
 ) -> RedisResult<Hydration> {
+    let millis = |at: Option<Timestamp>| at.map_or(String::new(), |at| at.millis().to_string());
     let code = HYDRATE
         .key(&keys.campaign)
         .key(&keys.users)
@@ -206,9 +219,17 @@ pub async fn hydrate_commit(
         .arg(name)
         .arg(holders_loaded)
         .arg(last_seq)
+        .arg(millis(window.starts_at))
+        .arg(millis(window.ends_at))
         .invoke_async(con)
         .await?;
     hydration(code)
+}
+
+/// Ends a loaded campaign's window now, by Redis's clock, unless it ended before
+/// (`close.lua`); returns when it ends, or `None` when Redis does not hold the campaign.
+pub async fn close(con: &mut impl ConnectionLike, keys: &CampaignKeys) -> RedisResult<Option<i64>> {
+    CLOSE.key(&keys.campaign).invoke_async(con).await
 }
 
 fn hydration(code: i64) -> RedisResult<Hydration> {

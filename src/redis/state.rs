@@ -4,7 +4,7 @@
 use redis::{RedisResult, aio::ConnectionLike};
 
 use super::keys::CampaignKeys;
-use crate::domain::{Holder, IdempotencyKey, UserId};
+use crate::domain::{Holder, IdempotencyKey, Timestamp, UserId, Window};
 
 /// What `GET /campaigns/{id}` shows of a loaded campaign.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -12,6 +12,7 @@ pub struct Counters {
     pub name: String,
     pub total: i64,
     pub remaining: i64,
+    pub window: Window,
 }
 
 /// The campaign's counters; `None` when Redis does not hold it (it must hydrate first).
@@ -19,9 +20,16 @@ pub async fn counters(
     con: &mut impl ConnectionLike,
     keys: &CampaignKeys,
 ) -> RedisResult<Option<Counters>> {
-    let (total, remaining, name): (Option<i64>, Option<i64>, Option<String>) = redis::cmd("HMGET")
+    type Fields = (
+        Option<i64>,
+        Option<i64>,
+        Option<String>,
+        Option<i64>,
+        Option<i64>,
+    );
+    let (total, remaining, name, starts, ends): Fields = redis::cmd("HMGET")
         .arg(&keys.campaign)
-        .arg(&["total", "remaining", "name"])
+        .arg(&["total", "remaining", "name", "starts", "ends"])
         .query_async(con)
         .await?;
     Ok(match (total, remaining, name) {
@@ -29,6 +37,10 @@ pub async fn counters(
             name,
             total,
             remaining,
+            window: Window {
+                starts_at: starts.and_then(Timestamp::from_millis),
+                ends_at: ends.and_then(Timestamp::from_millis),
+            },
         }),
         _ => None,
     })

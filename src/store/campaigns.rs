@@ -1,8 +1,9 @@
 //! The campaigns table, and a campaign's holders read page by page.
 
 use sqlx::{FromRow, PgPool};
+use time::OffsetDateTime;
 
-use crate::domain::{CampaignId, CampaignName, Holder, Total};
+use crate::domain::{CampaignId, CampaignName, Holder, Timestamp, Total, Window};
 
 /// A campaign as hydration needs it from PostgreSQL.
 #[derive(Debug, Clone, PartialEq, Eq, FromRow)]
@@ -11,6 +12,17 @@ pub struct CampaignRow {
     pub total: i32,
     /// The highest voucher number PostgreSQL has seen, stored or refused.
     pub last_seq: i64,
+    pub starts_at: Option<OffsetDateTime>,
+    pub ends_at: Option<OffsetDateTime>,
+}
+
+impl CampaignRow {
+    pub fn window(&self) -> Window {
+        Window {
+            starts_at: self.starts_at.map(Timestamp::from),
+            ends_at: self.ends_at.map(Timestamp::from),
+        }
+    }
 }
 
 /// The highest voucher number PostgreSQL has seen for campaign `$1`, stored or refused.
@@ -28,16 +40,39 @@ pub async fn insert_campaign(
     id: CampaignId,
     name: &CampaignName,
     total: Total,
+    window: Window,
 ) -> Result<CampaignRow, sqlx::Error> {
     sqlx::query_as(
-        "insert into campaigns (id, name, total) values ($1, $2, $3)
-         returning name, total, 0::bigint as last_seq",
+        "insert into campaigns (id, name, total, starts_at, ends_at) values ($1, $2, $3, $4, $5)
+         returning name, total, 0::bigint as last_seq, starts_at, ends_at",
     )
     .bind(id.as_uuid())
     .bind(name.as_str())
     .bind(total.get())
+    .bind(window.starts_at.map(|at| at.datetime()))
+    .bind(window.ends_at.map(|at| at.datetime()))
     .fetch_one(pool)
     .await
+}
+
+/// Ends a campaign's window at `at` unless it ended before; a start after it moves to it (the
+/// window is then empty). Returns whether PostgreSQL knows the campaign.
+pub async fn close_campaign(
+    pool: &PgPool,
+    id: CampaignId,
+    at: Timestamp,
+) -> Result<bool, sqlx::Error> {
+    let closed = sqlx::query(
+        "update campaigns
+         set ends_at = least(ends_at, $2),
+             starts_at = case when starts_at > $2 then $2 else starts_at end
+         where id = $1",
+    )
+    .bind(id.as_uuid())
+    .bind(at.datetime())
+    .execute(pool)
+    .await?;
+    Ok(closed.rows_affected() == 1)
 }
 
 /// Whether PostgreSQL knows the campaign: one primary-key lookup.
@@ -53,7 +88,7 @@ pub async fn select_campaign(
     id: CampaignId,
 ) -> Result<Option<CampaignRow>, sqlx::Error> {
     sqlx::query_as(&format!(
-        "select name, total, {LAST_SEQ} as last_seq from campaigns where id = $1"
+        "select name, total, {LAST_SEQ} as last_seq, starts_at, ends_at from campaigns where id = $1"
     ))
     .bind(id.as_uuid())
     .fetch_optional(pool)

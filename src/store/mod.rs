@@ -15,7 +15,8 @@ use sqlx::{
 
 pub use crate::domain::RejectReason;
 pub use campaigns::{
-    CampaignRow, HOLDERS_CHUNK, HolderPages, campaign_exists, insert_campaign, select_campaign,
+    CampaignRow, HOLDERS_CHUNK, HolderPages, campaign_exists, close_campaign, insert_campaign,
+    select_campaign,
 };
 pub use redemptions::{BatchSummary, fates, store_batch};
 

@@ -341,6 +341,80 @@ fn cases() -> Vec<Case> {
             "invalid_field",
             Some("remaining"),
         ),
+        create(
+            "startsAt without an offset",
+            json!({"name": "n", "total": 5, "startsAt": "2030-01-01T09:00:00"}),
+            422,
+            "invalid_field",
+            Some("startsAt"),
+        ),
+        create(
+            "startsAt a date only",
+            json!({"name": "n", "total": 5, "startsAt": "2030-01-01"}),
+            422,
+            "invalid_field",
+            Some("startsAt"),
+        ),
+        create(
+            "endsAt a number",
+            json!({"name": "n", "total": 5, "endsAt": 1_900_000_000}),
+            422,
+            "invalid_field",
+            Some("endsAt"),
+        ),
+        create(
+            "endsAt in the year 2100",
+            json!({"name": "n", "total": 5, "endsAt": "2100-01-01T00:00:00Z"}),
+            422,
+            "invalid_field",
+            Some("endsAt"),
+        ),
+        create(
+            "startsAt in 1999",
+            json!({"name": "n", "total": 5, "startsAt": "1999-12-31T23:59:59Z"}),
+            422,
+            "invalid_field",
+            Some("startsAt"),
+        ),
+        create(
+            "endsAt before startsAt",
+            json!({"name": "n", "total": 5, "startsAt": "2030-01-02T00:00:00Z", "endsAt": "2030-01-01T00:00:00+01:00"}),
+            422,
+            "invalid_field",
+            Some("endsAt"),
+        ),
+        create(
+            "endsAt equal to startsAt, in another offset",
+            json!({"name": "n", "total": 5, "startsAt": "2030-01-01T00:00:00Z", "endsAt": "2030-01-01T01:00:00+01:00"}),
+            422,
+            "invalid_field",
+            Some("endsAt"),
+        ),
+        Case {
+            method: Method::GET,
+            path: "/campaigns/{id}/close",
+            ..create("GET on close", json!(null), 405, "method_not_allowed", None)
+        },
+        Case {
+            path: "/campaigns/not-a-uuid/close",
+            ..create(
+                "close of an id that is not a UUID",
+                json!(null),
+                400,
+                "invalid_campaign_id",
+                None,
+            )
+        },
+        Case {
+            path: "/campaigns/6f1c1e0e-0000-4000-8000-000000000000/close",
+            ..create(
+                "close of an unknown campaign",
+                json!(null),
+                404,
+                "campaign_not_found",
+                None,
+            )
+        },
         Case {
             content_type: Some("text/csv"),
             ..create(

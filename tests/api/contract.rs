@@ -30,7 +30,7 @@ async fn creating_a_campaign_answers_201_with_location_and_summary(
     assert_eq!(location, format!("/campaigns/{id}"));
     assert_eq!(
         body,
-        json!({"id": id, "name": "Café 🎫", "total": 3, "redeemed": 0, "remaining": 3})
+        json!({"id": id, "name": "Café 🎫", "total": 3, "redeemed": 0, "remaining": 3, "startsAt": null, "endsAt": null})
     );
     let fetched: Value = app.get_json(&location).await;
     assert_eq!(fetched, body);

@@ -19,3 +19,4 @@ mod process;
 mod reconcile;
 mod scripts;
 mod storm;
+mod windows;

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use redis::{AsyncCommands, aio::MultiplexedConnection};
 use voucher_gateway::{
-    domain::{CampaignId, Holder, IdempotencyKey, UserId},
+    domain::{CampaignId, Holder, IdempotencyKey, UserId, Window},
     redis::{
         keys::{self, CampaignKeys, Shards},
         outbox,
@@ -45,7 +45,7 @@ async fn redeem(
 async fn loaded(con: &mut MultiplexedConnection, total: i32) -> (CampaignId, CampaignKeys) {
     let id = CampaignId::new_random();
     let keys = Shards::new(16).campaign(id);
-    let written = scripts::hydrate_commit(con, &keys, total, "lua test", 0, 0)
+    let written = scripts::hydrate_commit(con, &keys, total, "lua test", 0, 0, Window::default())
         .await
         .unwrap();
     assert_eq!(written, Hydration::Written);
@@ -140,19 +140,19 @@ async fn hydration_commits_once_and_counts_holders() {
     );
     // A commit that expects more holders than Redis has refuses (Redis lost some meanwhile).
     assert_eq!(
-        scripts::hydrate_commit(&mut con, &keys, 5, "n", 3, 7)
+        scripts::hydrate_commit(&mut con, &keys, 5, "n", 3, 7, Window::default())
             .await
             .unwrap(),
         Hydration::HoldersLost
     );
     assert_eq!(
-        scripts::hydrate_commit(&mut con, &keys, 5, "n", 2, 7)
+        scripts::hydrate_commit(&mut con, &keys, 5, "n", 2, 7, Window::default())
             .await
             .unwrap(),
         Hydration::Written
     );
     assert_eq!(
-        scripts::hydrate_commit(&mut con, &keys, 5, "n", 2, 7)
+        scripts::hydrate_commit(&mut con, &keys, 5, "n", 2, 7, Window::default())
             .await
             .unwrap(),
         Hydration::AlreadyLoaded
