@@ -265,7 +265,11 @@ impl ServeConfig {
 
     /// Refuses settings that contradict each other.
     pub fn check(&self) -> anyhow::Result<()> {
-        if self.ack.timeout < Duration::from_millis(1) || self.ack.timeout >= self.request_timeout {
+        let waits = self.ack.mode != AckMode::Redis;
+        if waits
+            && (self.ack.timeout < Duration::from_millis(1)
+                || self.ack.timeout >= self.request_timeout)
+        {
             anyhow::bail!(
                 "VG_ACK_TIMEOUT ({:?}) must be at least 1ms and shorter than VG_REQUEST_TIMEOUT \
                  ({:?}): a request waiting for its durability must still be answered in time",
@@ -514,13 +518,25 @@ mod tests {
 
     #[test]
     fn an_ack_timeout_must_end_within_the_request_timeout() {
-        let config = |ack: &str| {
-            ServeConfig::try_parse_from(["serve", "--ack-timeout", ack, "--request-timeout", "2s"])
-                .unwrap()
-                .check()
+        let config = |mode: &str, ack: &str| {
+            ServeConfig::try_parse_from([
+                "serve",
+                "--ack",
+                mode,
+                "--ack-timeout",
+                ack,
+                "--request-timeout",
+                "2s",
+            ])
+            .unwrap()
+            .check()
         };
-        assert!(config("1500ms").is_ok());
-        assert!(config("2s").is_err());
-        assert!(config("0s").is_err());
+        assert!(config("postgres", "1500ms").is_ok());
+        assert!(config("replica", "2s").is_err());
+        assert!(config("postgres", "0s").is_err());
+        assert!(
+            config("redis", "2s").is_ok(),
+            "redis mode waits for nothing"
+        );
     }
 }

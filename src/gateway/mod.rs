@@ -169,6 +169,16 @@ impl Gateway {
         let keys = self.shards.campaign(id);
         let mut con = self.redis.clone();
         for _ in 0..LOAD_ATTEMPTS {
+            let expected = match &self.durability {
+                Durability::Postgres(persistence) => Some(persistence.expect(
+                    id,
+                    &Holder {
+                        user: user.clone(),
+                        key: key.clone(),
+                    },
+                )),
+                Durability::Redis | Durability::Replica(_) => None,
+            };
             let decision = match &self.durability {
                 Durability::Replica(replication) => replication.redeem(&keys, id, user, key).await,
                 Durability::Redis | Durability::Postgres(_) => {
@@ -178,29 +188,27 @@ impl Gateway {
                     decision.map_err(GatewayError::from)
                 }
             };
-            let replayed = match decision? {
+            let seq = match decision? {
                 Decision::NotLoaded => {
                     self.hydrator.load(id).await?;
                     continue;
                 }
                 Decision::Redeemed { seq } => {
                     self.hydrator.answered.record(id, seq);
-                    false
+                    Some(seq)
                 }
-                Decision::Replayed => true,
+                Decision::Replayed => None,
                 Decision::AlreadyRedeemed => return Ok(Outcome::AlreadyRedeemed),
                 Decision::SoldOut => return Ok(Outcome::SoldOut),
                 Decision::Ended => return Ok(Outcome::Ended),
                 Decision::NotStarted { opens_in } => return Ok(Outcome::NotStarted { opens_in }),
             };
-            let Durability::Postgres(persistence) = &self.durability else {
+            let replayed = seq.is_none();
+            let (Durability::Postgres(persistence), Some(expected)) = (&self.durability, expected)
+            else {
                 return Ok(Outcome::Redeemed { replayed });
             };
-            let holder = Holder {
-                user: user.clone(),
-                key: key.clone(),
-            };
-            return match persistence.wait(id, holder, replayed).await? {
+            return match persistence.wait(expected, seq).await? {
                 Fate::Stored => Ok(Outcome::Redeemed { replayed }),
                 Fate::Refused(RejectReason::UserHoldsOtherKey) => Ok(Outcome::AlreadyRedeemed),
                 Fate::Refused(RejectReason::SoldOut) => Ok(Outcome::SoldOut),

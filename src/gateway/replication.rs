@@ -4,9 +4,10 @@
 //! While a group waits for its replicas the next one gathers, so under load one WAIT answers
 //! many redeems and the connection never blocks once per request.
 //!
-//! A lane is a connection to one master: one for a single server, one per shard on a cluster (a
-//! group's commands share one slot). The lanes' connection is their own: a blocked WAIT must not
-//! hold up the other requests' commands.
+//! A lane is one for a single server, one per shard on a cluster (a group's commands share one
+//! slot). The lanes' connection is their own, apart from the one other requests share: a blocked
+//! WAIT must not hold up their commands. On a cluster the lanes of the shards one master holds
+//! share its connection, so their groups take turns.
 
 use std::time::{Duration, Instant};
 
@@ -35,6 +36,8 @@ pub struct Replication {
 
 /// A redeem waiting for its group.
 struct Pending {
+    /// When its request gives up: a WAIT need not outlast its group's requests.
+    deadline: Instant,
     keys: CampaignKeys,
     campaign: CampaignId,
     user: UserId,
@@ -63,7 +66,6 @@ impl Replication {
                     con: con.clone(),
                     wait_key: shards.shard(lane).wait,
                     replicas,
-                    timeout,
                 };
                 tokio::spawn(lane.run(queue));
                 sender
@@ -83,6 +85,7 @@ impl Replication {
         let started = Instant::now();
         let (answer, answered) = oneshot::channel();
         let pending = Pending {
+            deadline: started + self.timeout,
             keys: keys.clone(),
             campaign,
             user: user.clone(),
@@ -112,7 +115,6 @@ struct Lane {
     con: Connection,
     wait_key: String,
     replicas: u16,
-    timeout: Duration,
 }
 
 impl Lane {
@@ -139,12 +141,19 @@ impl Lane {
                 key: &pending.key,
             })
             .collect();
+        // The WAIT ends when the first of the group's requests would give up.
+        let first_deadline = group.iter().map(|pending| pending.deadline).min();
+        let timeout = first_deadline
+            .map_or(Duration::ZERO, |at| {
+                at.saturating_duration_since(Instant::now())
+            })
+            .max(Duration::from_millis(1));
         let sent = scripts::redeem_replicated(
             &mut self.con,
             &redeems,
             &self.wait_key,
             self.replicas,
-            self.timeout,
+            timeout,
         )
         .await;
         drop(redeems);

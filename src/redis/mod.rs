@@ -143,10 +143,7 @@ impl Redis {
                 Connection::Cluster(cluster)
             }
         };
-        Ok(Subscription {
-            _connection: connection,
-            pushes,
-        })
+        Ok(Subscription { connection, pushes })
     }
 
     fn manager_config(&self, response_timeout: Duration) -> ConnectionManagerConfig {
@@ -176,8 +173,7 @@ impl Redis {
 
 /// The messages of subscribed channels.
 pub struct Subscription {
-    /// Holds the subscription open.
-    _connection: Connection,
+    connection: Connection,
     pushes: tokio::sync::mpsc::UnboundedReceiver<PushInfo>,
 }
 
@@ -186,6 +182,12 @@ impl Subscription {
     pub async fn next(&mut self) -> Option<Vec<u8>> {
         loop {
             let push = self.pushes.recv().await?;
+            if push.kind == PushKind::Disconnection {
+                tracing::warn!(
+                    "a subscription's connection dropped; it resubscribes on reconnecting"
+                );
+                continue;
+            }
             if !matches!(push.kind, PushKind::Message | PushKind::SMessage) {
                 continue;
             }
@@ -194,6 +196,12 @@ impl Subscription {
                 return Some(payload);
             }
         }
+    }
+
+    /// Pings the subscription's servers: a connection that dropped reconnects (and resubscribes)
+    /// only when a command finds it gone, and a subscription sends nothing by itself.
+    pub async fn keep_alive(&mut self) -> RedisResult<()> {
+        self.connection.ping_every_master().await
     }
 }
 

@@ -94,8 +94,48 @@ pub async fn redeem_replicated(
     replicas: u16,
     timeout: Duration,
 ) -> RedisResult<Replicated> {
+    let all: Vec<usize> = (0..redeems.len()).collect();
+    let (mut replies, mut replicated) =
+        redeem_then_wait(con, redeems, &all, wait_key, replicas, timeout).await?;
+    // The script was not loaded (a restarted or promoted master): send again the redeems that
+    // did not run, and only those; one that ran, had another client loaded it meanwhile, stands.
+    let missing: Vec<usize> = all
+        .into_iter()
+        .filter(|&i| replies[i].as_ref().is_err_and(is_no_script))
+        .collect();
+    if !missing.is_empty() {
+        REDEEM.prepare_invoke().load_async(&mut *con).await?;
+        let (again, replicas) =
+            redeem_then_wait(con, redeems, &missing, wait_key, replicas, timeout).await?;
+        for (i, reply) in missing.into_iter().zip(again) {
+            replies[i] = reply;
+        }
+        // The second WAIT covers the first round trip's writes too: they came before it.
+        replicated = replicas;
+    }
+    let decisions = replies
+        .into_iter()
+        .map(|reply| decision(redis::from_redis_value(reply?)?))
+        .collect();
+    Ok(Replicated {
+        decisions,
+        replicas: replicated,
+    })
+}
+
+/// One round trip of `redeem_replicated` for the redeems at `which`: their replies, and how many
+/// replicas the WAIT found.
+async fn redeem_then_wait(
+    con: &mut impl ConnectionLike,
+    redeems: &[Redeem<'_>],
+    which: &[usize],
+    wait_key: &str,
+    replicas: u16,
+    timeout: Duration,
+) -> RedisResult<(Vec<RedisResult<Value>>, u64)> {
     let mut pipe = redis::pipe();
-    for redeem in redeems {
+    for &i in which {
+        let redeem = &redeems[i];
         pipe.add_command(redeem_cmd(
             redeem.keys,
             redeem.campaign,
@@ -108,29 +148,13 @@ pub async fn redeem_replicated(
         .arg(replicas)
         .arg(timeout.as_millis() as u64);
     pipe.ignore_errors();
-    let mut replies: Vec<RedisResult<Value>> = pipe.query_async(&mut *con).await?;
-    if replies
-        .iter()
-        .any(|reply| reply.as_ref().is_err_and(is_no_script))
-    {
-        // Nothing of the group ran: every script call failed alike. (A redeem that did run, had
-        // another client loaded the script in between, answers as its own replay.)
-        REDEEM.prepare_invoke().load_async(&mut *con).await?;
-        replies = pipe.query_async(con).await?;
-    }
-    let replicas: u64 = match replies.pop() {
+    let mut replies: Vec<RedisResult<Value>> = pipe.query_async(con).await?;
+    let acknowledged: u64 = match replies.pop() {
         Some(reply) => redis::from_redis_value(reply?)?,
         None => return Err(super::unexpected_reply("WAIT", "nothing")),
     };
     replies.pop().transpose()?;
-    let decisions = replies
-        .into_iter()
-        .map(|reply| decision(redis::from_redis_value(reply?)?))
-        .collect();
-    Ok(Replicated {
-        decisions,
-        replicas,
-    })
+    Ok((replies, acknowledged))
 }
 
 /// `EVALSHA` of `redeem.lua` for one redeem.

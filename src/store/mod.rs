@@ -13,7 +13,6 @@ use sqlx::{
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 
-pub use crate::domain::RejectReason;
 pub use campaigns::{
     CampaignRow, HOLDERS_CHUNK, HolderPages, campaign_exists, close_campaign, insert_campaign,
     select_campaign,

@@ -426,38 +426,46 @@ fn classify(
 
 /// What PostgreSQL decided for each of `redemptions` it has seen, by index: stored (the user's
 /// row holds this key), refused because the user holds another key, or refused for the reason
-/// recorded. The ones it has not seen yet are left out.
+/// recorded (of that voucher number, when given: an older refusal of the same key, since
+/// repaired and granted again, is not this grant's fate). The ones it has not seen yet are left
+/// out.
 pub async fn fates(
     pool: &PgPool,
-    redemptions: &[(CampaignId, &Holder)],
+    redemptions: &[(CampaignId, &Holder, Option<i64>)],
 ) -> Result<Vec<(usize, Fate)>, sqlx::Error> {
     let rows: Vec<(i64, Option<String>, Option<String>)> = sqlx::query_as(
         "select w.i, r.idempotency_key, j.reason
-         from unnest($1::uuid[], $2::text[], $3::text[]) with ordinality
-              as w (campaign_id, user_id, idempotency_key, i)
+         from unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[]) with ordinality
+              as w (campaign_id, user_id, idempotency_key, seq, i)
          left join redemptions r
                 on r.campaign_id = w.campaign_id and r.user_id = w.user_id
          left join rejected_redemptions j
                 on j.campaign_id = w.campaign_id and j.user_id = w.user_id
-               and j.idempotency_key = w.idempotency_key
+               and j.idempotency_key = w.idempotency_key and (w.seq is null or j.seq = w.seq)
          where r.user_id is not null or j.user_id is not null",
     )
     .bind(
         redemptions
             .iter()
-            .map(|(c, _)| c.as_uuid())
+            .map(|(c, _, _)| c.as_uuid())
             .collect::<Vec<_>>(),
     )
     .bind(
         redemptions
             .iter()
-            .map(|(_, h)| h.user.as_str())
+            .map(|(_, h, _)| h.user.as_str())
             .collect::<Vec<_>>(),
     )
     .bind(
         redemptions
             .iter()
-            .map(|(_, h)| h.key.as_str())
+            .map(|(_, h, _)| h.key.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        redemptions
+            .iter()
+            .map(|(_, _, seq)| *seq)
             .collect::<Vec<_>>(),
     )
     .fetch_all(pool)
