@@ -63,10 +63,18 @@ impl TryFrom<String> for Timestamp {
     }
 }
 
+impl Timestamp {
+    /// RFC 3339 in UTC (`2026-11-27T08:00:00.5Z`).
+    pub fn rfc3339(&self) -> String {
+        self.0
+            .format(&Rfc3339)
+            .expect("a UTC instant of years 0 to 9999 formats")
+    }
+}
+
 impl Serialize for Timestamp {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let text = self.0.format(&Rfc3339).map_err(serde::ser::Error::custom)?;
-        serializer.serialize_str(&text)
+        serializer.serialize_str(&self.rfc3339())
     }
 }
 

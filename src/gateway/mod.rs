@@ -3,6 +3,7 @@
 
 mod answered;
 mod hydration;
+mod listings;
 mod persistence;
 mod replication;
 mod scans;
@@ -31,6 +32,7 @@ use crate::{
     telemetry::metrics::REDEEM_SCRIPT_DURATION,
 };
 use hydration::Hydrator;
+pub use listings::{CampaignsAfter, Lookup};
 pub use persistence::Persistence;
 pub use replication::Replication;
 

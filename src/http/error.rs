@@ -38,6 +38,8 @@ pub enum ApiError {
     Unauthorized,
     #[error("no campaign has this id")]
     CampaignNotFound,
+    #[error("this user holds no voucher of this campaign")]
+    RedemptionNotFound,
     #[error("the campaign's sale has not started; retry after Retry-After seconds")]
     CampaignNotStarted { opens_in: std::time::Duration },
     #[error("no such resource")]
@@ -72,7 +74,9 @@ impl ApiError {
             | ApiError::InvalidBody(_)
             | ApiError::IdempotencyKeyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::CampaignNotFound | ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::CampaignNotFound | ApiError::RedemptionNotFound | ApiError::NotFound => {
+                StatusCode::NOT_FOUND
+            }
             ApiError::CampaignNotStarted { .. } => StatusCode::CONFLICT,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::RedisUnavailable
@@ -98,6 +102,7 @@ impl ApiError {
             ApiError::IdempotencyKeyMismatch => "idempotency_key_mismatch",
             ApiError::Unauthorized => "unauthorized",
             ApiError::CampaignNotFound => "campaign_not_found",
+            ApiError::RedemptionNotFound => "redemption_not_found",
             ApiError::CampaignNotStarted { .. } => "campaign_not_started",
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
@@ -124,7 +129,8 @@ pub struct Problem<'a> {
     detail: String,
     /// What went wrong, for a program: malformed_json, invalid_campaign_id, payload_too_large,
     /// body_timeout, transfer_coding_not_implemented, unsupported_media_type, invalid_field, invalid_body, idempotency_key_mismatch,
-    /// unauthorized, campaign_not_found, campaign_not_started, not_found, method_not_allowed,
+    /// unauthorized, campaign_not_found, campaign_not_started, redemption_not_found, not_found,
+    /// method_not_allowed,
     /// redis_unavailable,
     /// database_unavailable, overloaded, timeout, not_durable, internal.
     code: &'static str,

@@ -33,14 +33,23 @@ use super::{BODY_LIMIT, error::ApiError};
 
 /// A bearer token that guards some routes, kept as its SHA-256 digest.
 #[derive(Clone)]
-pub struct Token(Arc<[u8]>);
+pub struct Token(Arc<[Vec<u8>]>);
 
 impl Token {
     /// `None` for an unset or empty setting: an empty token would guard nothing.
     pub fn from_setting(value: Option<&str>) -> Option<Self> {
         value
             .filter(|value| !value.is_empty())
-            .map(|value| Self(Sha256::digest(value).to_vec().into()))
+            .map(|value| Self([Sha256::digest(value).to_vec()].into()))
+    }
+
+    /// A guard that admits this token or `other`.
+    pub fn or(self, other: Option<Token>) -> Self {
+        let digests = self
+            .0
+            .iter()
+            .chain(other.iter().flat_map(|other| other.0.iter()));
+        Self(digests.cloned().collect())
     }
 
     /// Whether an `Authorization` header value carries this token: the scheme `Bearer` in any
@@ -56,7 +65,14 @@ impl Token {
             return false;
         }
         let presented = Sha256::digest(presented);
-        scheme.eq_ignore_ascii_case(b"bearer") && bool::from(presented.ct_eq(&self.0))
+        // Every digest compared, so the time taken does not tell which one matched.
+        let matched = self
+            .0
+            .iter()
+            .fold(subtle::Choice::from(0), |matched, digest| {
+                matched | presented.ct_eq(digest.as_slice())
+            });
+        scheme.eq_ignore_ascii_case(b"bearer") && bool::from(matched)
     }
 }
 

@@ -5,6 +5,7 @@ mod campaigns;
 pub mod error;
 mod extract;
 mod guard;
+mod listings;
 mod observe;
 mod openapi;
 mod ops;
@@ -90,7 +91,22 @@ fn api_router(gateway: Arc<Gateway>, settings: &HttpSettings) -> Router {
     Router::new()
         .route(
             "/campaigns",
-            guarded(post(campaigns::create_campaign), admin_token.clone()),
+            guarded(
+                post(campaigns::create_campaign).get(listings::list_campaigns),
+                admin_token.clone(),
+            ),
+        )
+        .route(
+            "/campaigns/{id}/redemptions",
+            guarded(get(listings::list_redemptions), admin_token.clone()),
+        )
+        .route(
+            "/campaigns/{id}/redemptions/{user}",
+            // The user's own question: open as redeems are, and the admin token serves too.
+            guarded(
+                get(listings::get_redemption),
+                api_token.clone().map(|api| api.or(admin_token.clone())),
+            ),
         )
         .route("/campaigns/{id}", get(campaigns::get_campaign))
         .route(

@@ -12,7 +12,7 @@ use utoipa::{
     },
 };
 
-use super::{campaigns, error::Problem, ops};
+use super::{campaigns, error::Problem, listings, ops};
 use crate::domain::IdempotencyKey;
 
 #[derive(OpenApi)]
@@ -22,6 +22,9 @@ use crate::domain::IdempotencyKey;
         campaigns::get_campaign,
         campaigns::close_campaign,
         campaigns::redeem_voucher,
+        listings::list_campaigns,
+        listings::list_redemptions,
+        listings::get_redemption,
         ops::health,
         ops::ready,
         ops::metrics,
@@ -95,6 +98,10 @@ pub struct ReadProblems;
 pub struct RedeemProblems;
 /// The problems of `POST /campaigns/{id}/close`.
 pub struct CloseProblems;
+/// The problems of the listings.
+pub struct ListProblems;
+/// The problems of `GET /campaigns/{id}/redemptions/{userId}`.
+pub struct LookupProblems;
 
 impl IntoResponses for CreateProblems {
     fn responses() -> BTreeMap<String, RefOr<openapi::Response>> {
@@ -111,6 +118,18 @@ impl IntoResponses for ReadProblems {
 impl IntoResponses for RedeemProblems {
     fn responses() -> BTreeMap<String, RefOr<openapi::Response>> {
         problems(&[400, 401, 404, 408, 409, 413, 415, 422, 501, UNAVAILABLE])
+    }
+}
+
+impl IntoResponses for ListProblems {
+    fn responses() -> BTreeMap<String, RefOr<openapi::Response>> {
+        problems(&[400, 401, 404, 422, 501, UNAVAILABLE])
+    }
+}
+
+impl IntoResponses for LookupProblems {
+    fn responses() -> BTreeMap<String, RefOr<openapi::Response>> {
+        problems(&[400, 401, 404, 422, 501, UNAVAILABLE])
     }
 }
 
@@ -160,7 +179,7 @@ fn problem_description(status: u16) -> &'static str {
             "malformed_json or invalid_campaign_id: the body is not JSON, or the id is not a UUID"
         }
         401 => "unauthorized: the route's bearer token is configured and was not sent",
-        404 => "campaign_not_found",
+        404 => "campaign_not_found, or redemption_not_found: the user holds no voucher of it",
         408 => "body_timeout: the declared body did not arrive within VG_BODY_READ_TIMEOUT",
         NOT_STARTED => {
             "campaign_not_started: the campaign's window opens in Retry-After seconds (at least \
@@ -168,7 +187,10 @@ fn problem_description(status: u16) -> &'static str {
         }
         413 => "payload_too_large: the body exceeds 16 KiB",
         415 => "unsupported_media_type: the body must be sent as application/json",
-        422 => "invalid_field, invalid_body or idempotency_key_mismatch",
+        422 => {
+            "invalid_field (naming the field, header or query parameter), invalid_body or \
+             idempotency_key_mismatch"
+        }
         501 => "transfer_coding_not_implemented: a Transfer-Encoding other than chunked",
         UNAVAILABLE => {
             "redis_unavailable, database_unavailable, overloaded, timeout or not_durable (the \

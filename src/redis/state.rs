@@ -128,3 +128,22 @@ pub async fn keys_of(
 fn parsed<T>(what: &str, value: Result<T, crate::domain::DomainError>) -> RedisResult<T> {
     value.map_err(|error| super::unexpected_reply("a users hash", format!("a {what} that {error}")))
 }
+
+/// A user's idempotency key as the campaign's users hash holds it: `None` when Redis does not
+/// hold the campaign (it must hydrate first), `Some(None)` when the user holds nothing.
+pub async fn holder(
+    con: &mut impl ConnectionLike,
+    keys: &CampaignKeys,
+    user: &UserId,
+) -> RedisResult<Option<Option<String>>> {
+    let (loaded, key): (bool, Option<String>) = redis::pipe()
+        .atomic()
+        .cmd("EXISTS")
+        .arg(&keys.campaign)
+        .cmd("HGET")
+        .arg(&keys.users)
+        .arg(user.as_str())
+        .query_async(con)
+        .await?;
+    Ok(loaded.then_some(key))
+}

@@ -2,6 +2,7 @@
 //! The gateway, the writer and reconcile call these functions; no SQL lives anywhere else.
 
 mod campaigns;
+pub mod listings;
 pub mod reconcile;
 mod redemptions;
 

@@ -55,6 +55,16 @@ fn create(
     }
 }
 
+/// A listing with a bad query: 422 `invalid_field` naming the parameter.
+fn list(what: &'static str, path: &'static str, field: &'static str) -> Case {
+    Case {
+        method: Method::GET,
+        path,
+        content_type: None,
+        ..redeem(what, json!(null), 422, "invalid_field", Some(field))
+    }
+}
+
 /// A redeem whose body is not one JSON value: 400 `malformed_json`.
 fn malformed(what: &'static str, body: &str) -> Case {
     Case {
@@ -413,6 +423,46 @@ fn cases() -> Vec<Case> {
                 404,
                 "campaign_not_found",
                 None,
+            )
+        },
+        list("limit 0", "/campaigns?limit=0", "limit"),
+        list("limit 1001", "/campaigns?limit=1001", "limit"),
+        list("limit not a number", "/campaigns?limit=ten", "limit"),
+        list(
+            "limit negative",
+            "/campaigns/{id}/redemptions?limit=-1",
+            "limit",
+        ),
+        list("limit given twice", "/campaigns?limit=5&limit=6", "limit"),
+        list(
+            "a cursor not one of ours",
+            "/campaigns?cursor=abc",
+            "cursor",
+        ),
+        list(
+            "a redemptions cursor on the campaigns",
+            "/campaigns?cursor=7200000001",
+            "cursor",
+        ),
+        list(
+            "a cursor of the right kind and the wrong length",
+            "/campaigns/{id}/redemptions?cursor=72000001",
+            "cursor",
+        ),
+        list(
+            "an unknown parameter",
+            "/campaigns/{id}/redemptions?offset=10",
+            "offset",
+        ),
+        Case {
+            method: Method::GET,
+            path: "/campaigns/{id}/redemptions/%01",
+            ..create(
+                "a user id with a control character",
+                json!(null),
+                422,
+                "invalid_field",
+                Some("userId"),
             )
         },
         Case {

@@ -11,6 +11,7 @@ mod edge;
 mod faults;
 mod helpers;
 mod hydration;
+mod listings;
 mod load;
 mod operations;
 mod outages;
