@@ -7,15 +7,15 @@ import { Counter, Gauge } from 'k6/metrics';
 import { Options, Scenario } from 'k6/options';
 
 export const BASE_URL: string = __ENV.BASE_URL || 'http://127.0.0.1:8080';
-const JSON_TYPE = { 'Content-Type': 'application/json' };
+export const JSON_TYPE = { 'Content-Type': 'application/json' };
 
 /** The gateway's bearer tokens (VG_ADMIN_TOKEN, VG_API_TOKEN), sent when set. */
-function bearer(token: string | undefined): Record<string, string> {
+export function bearer(token: string | undefined): Record<string, string> {
   return token ? { Authorization: `Bearer ${token}` } : {};
 }
 
 /** First REDEEMED answers: one per voucher k6 was given. */
-const vouchersSeen = new Counter('vouchers_seen');
+export const vouchersSeen = new Counter('vouchers_seen');
 /** The campaign's counters as the gateway reports them after the run. */
 const finalTotal = new Gauge('final_total');
 const finalRedeemed = new Gauge('final_redeemed');
@@ -211,12 +211,12 @@ export function finalCheck(campaign: Campaign): void {
   }
 }
 
-type Data = {
+export type Data = {
   metrics: Record<string, { values: Record<string, number> }>;
   state: { testRunDurationMs: number };
 };
 
-function value(data: Data, metric: string, field: string): number {
+export function value(data: Data, metric: string, field: string): number {
   return data.metrics[metric]?.values[field] ?? 0;
 }
 

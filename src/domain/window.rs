@@ -88,6 +88,7 @@ impl utoipa::PartialSchema for Timestamp {
             .description(Some(
                 "RFC 3339 with an offset, from 2000 to 2099; answered in UTC",
             ))
+            .pattern(Some("^20[0-9]{2}-"))
             .examples(["2026-11-27T09:00:00+01:00"])
             .into()
     }

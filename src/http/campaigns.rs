@@ -36,8 +36,10 @@ pub struct CreateCampaign {
     total: Total,
     /// When redeems open (before it they answer 409 `campaign_not_started`); from creation when
     /// omitted.
+    #[schema(example = "2026-11-27T09:00:00+01:00")]
     starts_at: Option<Timestamp>,
     /// When redeems end (from it they answer ENDED); after `startsAt`; never when omitted.
+    #[schema(example = "2026-11-27T21:00:00+01:00")]
     ends_at: Option<Timestamp>,
 }
 
@@ -195,9 +197,14 @@ fn idempotency_key(
     };
     let from_header = from_header
         .map(|value| {
-            let text = std::str::from_utf8(value.as_bytes())
-                .map_err(|_| invalid("must be UTF-8".into()))?;
-            IdempotencyKey::parse(unquoted(text)).map_err(|error| invalid(error.to_string()))
+            // UTF-8, or else ISO-8859-1, as HTTP once defined header bytes and many clients
+            // still send them (RFC 9110's obs-text): either way the key the client meant.
+            let bytes = value.as_bytes();
+            let text = match std::str::from_utf8(bytes) {
+                Ok(text) => std::borrow::Cow::Borrowed(text),
+                Err(_) => bytes.iter().map(|&byte| char::from(byte)).collect(),
+            };
+            IdempotencyKey::parse(unquoted(&text)).map_err(|error| invalid(error.to_string()))
         })
         .transpose()?;
     match (from_header, from_body) {

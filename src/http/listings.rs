@@ -15,7 +15,7 @@ use axum::{
 use futures_util::{StreamExt, stream};
 use serde::Serialize;
 use time::OffsetDateTime;
-use utoipa::{IntoParams, ToSchema};
+use utoipa::ToSchema;
 
 use super::{
     error::ApiError,
@@ -36,13 +36,8 @@ const MAX_LIMIT: usize = 1_000;
 const EXPORT_PAGE: usize = 10_000;
 
 /// A page's query: `limit` and `cursor`, nothing else.
-#[derive(IntoParams)]
-#[into_params(parameter_in = Query)]
 pub struct Paging {
-    /// Items per page, 1 to 1,000 (default 100).
-    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
     limit: usize,
-    /// Where the page starts: the `next` of the page before, as it came.
     cursor: Option<String>,
 }
 
@@ -116,8 +111,18 @@ mod cursor {
     pub fn parse_campaigns(cursor: &str) -> Result<CampaignsAfter, ApiError> {
         let bytes = decode(b'c', cursor, 24)?;
         let micros = i64::from_be_bytes(bytes[..8].try_into().expect("8 bytes"));
-        let at = OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1_000)
-            .map_err(|_| invalid())?;
+        // Any position is a position: one before every campaign lists nothing, one after them
+        // all lists from the newest (PostgreSQL's own range is narrower than an i64's).
+        let (first, last) = (
+            OffsetDateTime::UNIX_EPOCH.replace_year(1).expect("year 1"),
+            OffsetDateTime::UNIX_EPOCH
+                .replace_year(9999)
+                .expect("year 9999"),
+        );
+        let nanos = i128::from(micros) * 1_000;
+        let at = OffsetDateTime::from_unix_timestamp_nanos(nanos)
+            .unwrap_or(if micros < 0 { first } else { last })
+            .clamp(first, last);
         let id = uuid::Uuid::from_slice(&bytes[8..]).map_err(|_| invalid())?;
         Ok((at, id))
     }
@@ -163,7 +168,10 @@ mod cursor {
 
 /// List campaigns, newest first.
 #[utoipa::path(get, path = "/campaigns", tag = "campaigns",
-    params(Paging),
+    params(
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Items per page, 1 to 1,000 (default 100)"),
+        ("cursor" = Option<String>, Query, pattern = "^63[0-9a-f]{48}$", description = "Where the page starts: the `next` of the page before, as it came"),
+    ),
     responses(
         (status = 200, description = "A page of campaigns", body = Page<Summary>,
             headers(("Link" = String, description = "`<...>; rel=\"next\"`, unless this is the last page"))),
@@ -210,7 +218,11 @@ impl From<StoredRedemption> for Redemption {
 /// List a campaign's stored redemptions in voucher-number order; with `Accept: text/csv`, the
 /// whole list as CSV (`userId,idempotencyKey,seq,redeemedAt`), streamed.
 #[utoipa::path(get, path = "/campaigns/{id}/redemptions", tag = "campaigns",
-    params(("id" = uuid::Uuid, Path, description = "The campaign's id"), Paging),
+    params(
+        ("id" = uuid::Uuid, Path, description = "The campaign's id"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Items per page, 1 to 1,000 (default 100)"),
+        ("cursor" = Option<String>, Query, pattern = "^72[0-9a-f]{8}$", description = "Where the page starts: the `next` of the page before, as it came"),
+    ),
     responses(
         (status = 200, description = "A page of redemptions, or with `Accept: text/csv` all of them",
             content(
@@ -349,7 +361,7 @@ pub struct UserRedemption {
 #[utoipa::path(get, path = "/campaigns/{id}/redemptions/{userId}", tag = "campaigns",
     params(
         ("id" = uuid::Uuid, Path, description = "The campaign's id"),
-        ("userId" = String, Path, description = "The user id, percent-encoded"),
+        ("userId" = UserId, Path, description = "The user id, percent-encoded"),
     ),
     responses((status = 200, description = "The user's redemption", body = UserRedemption), LookupProblems),
     security((), ("api_token" = []), ("admin_token" = [])))]
@@ -392,5 +404,8 @@ mod tests {
         for bad in ["", "zz", "7201", "r00000029ff", "c", "é0000000"] {
             assert!(cursor::parse_redemptions(bad).is_err(), "{bad}");
         }
+        // A position far outside PostgreSQL's range is clamped to it, not refused.
+        let far = format!("63{}{}", "7f".repeat(8), "00".repeat(16));
+        assert_eq!(cursor::parse_campaigns(&far).unwrap().0.year(), 9999);
     }
 }

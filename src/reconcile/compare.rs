@@ -14,7 +14,7 @@ use serde::Serialize;
 use sqlx::PgPool;
 
 use crate::{
-    domain::{CampaignId, Holder, IdempotencyKey, OutboxEntry},
+    domain::{CampaignId, Holder, IdempotencyKey, OutboxEntry, Timestamp, Window},
     redis::{
         keys::{CampaignKeys, Shards},
         outbox,
@@ -94,6 +94,13 @@ pub enum Drift {
     RedisRemaining { remaining: i64, expected: i64 },
     /// Redis's total differs from PostgreSQL's.
     RedisTotal { redis: i64, postgres: i32 },
+    /// Redis's sale window differs from PostgreSQL's (a close cut short between the two).
+    Window {
+        redis_starts_at: Option<Timestamp>,
+        redis_ends_at: Option<Timestamp>,
+        postgres_starts_at: Option<Timestamp>,
+        postgres_ends_at: Option<Timestamp>,
+    },
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -299,6 +306,37 @@ impl Sides {
     }
 }
 
+impl CampaignReport {
+    /// The window both sides should hold: the earlier end of the two (an ENDED answer from
+    /// either must stay the answer), PostgreSQL's start, moved to the end when after it.
+    pub fn agreed_window(&self) -> Option<Window> {
+        let redis = self.redis.as_ref()?.window();
+        let postgres = self.drift.iter().find_map(|drift| match drift {
+            Drift::Window {
+                postgres_starts_at,
+                postgres_ends_at,
+                ..
+            } => Some(Window {
+                starts_at: *postgres_starts_at,
+                ends_at: *postgres_ends_at,
+            }),
+            _ => None,
+        });
+        let Some(postgres) = postgres else {
+            return Some(redis);
+        };
+        let ends_at = match (redis.ends_at, postgres.ends_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let starts_at = match (postgres.starts_at, ends_at) {
+            (Some(starts), Some(ends)) => Some(starts.min(ends)),
+            (starts, _) => starts,
+        };
+        Some(Window { starts_at, ends_at })
+    }
+}
+
 /// The counters that disagree with the holders they count.
 fn drift(counts: &stored::StoredCounts, redis: Option<&CampaignState>) -> Vec<Drift> {
     let mut drift = Vec::new();
@@ -320,6 +358,15 @@ fn drift(counts: &stored::StoredCounts, redis: Option<&CampaignState>) -> Vec<Dr
             drift.push(Drift::RedisTotal {
                 redis: state.total,
                 postgres: counts.total,
+            });
+        }
+        let (redis, postgres) = (state.window(), counts.window());
+        if redis != postgres {
+            drift.push(Drift::Window {
+                redis_starts_at: redis.starts_at,
+                redis_ends_at: redis.ends_at,
+                postgres_starts_at: postgres.starts_at,
+                postgres_ends_at: postgres.ends_at,
             });
         }
     }

@@ -6,6 +6,7 @@ use super::{
     Report,
     compare::{CampaignReport, Drift, RepairSummary},
 };
+use crate::domain::Timestamp;
 
 /// How many items of each kind the table names before it only counts.
 const EXAMPLES: usize = 5;
@@ -170,6 +171,21 @@ fn drift_line(drift: &Drift) -> String {
         }
         Drift::RedisTotal { redis, postgres } => {
             format!("total differs: Redis {redis}, PostgreSQL {postgres}")
+        }
+        Drift::Window {
+            redis_starts_at,
+            redis_ends_at,
+            postgres_starts_at,
+            postgres_ends_at,
+        } => {
+            let shown = |at: &Option<Timestamp>| at.map_or("open".to_owned(), |at| at.rfc3339());
+            format!(
+                "sale window differs: Redis {} to {}, PostgreSQL {} to {}",
+                shown(redis_starts_at),
+                shown(redis_ends_at),
+                shown(postgres_starts_at),
+                shown(postgres_ends_at)
+            )
         }
     }
 }

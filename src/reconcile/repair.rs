@@ -26,7 +26,19 @@ impl Sides {
             report = self.fresh(id).await?;
         }
 
-        if report.redis.is_some() {
+        let window = report.agreed_window();
+        let window_drifted = report
+            .drift
+            .iter()
+            .any(|d| matches!(d, Drift::Window { .. }));
+        if let Some(ends) = window
+            .and_then(|window| window.ends_at)
+            .filter(|_| window_drifted)
+        {
+            // Redis ended earlier (a close cut short before PostgreSQL): PostgreSQL follows.
+            store::close_campaign(&self.db, id, ends).await?;
+        }
+        if let Some(window) = window {
             let corrected: HashSet<_> = report
                 .missing_in_redis
                 .iter()
@@ -35,6 +47,7 @@ impl Sides {
             let repair = RedisRepair {
                 total: report.total,
                 last_seq: report.postgres.last_seq,
+                window,
                 set: report
                     .missing_in_redis
                     .iter()

@@ -234,7 +234,6 @@ pub async fn hydrate_commit(
     last_seq: i64,
     window: Window,
 ) -> RedisResult<Hydration> {
-    let millis = |at: Option<Timestamp>| at.map_or(String::new(), |at| at.millis().to_string());
     let code = HYDRATE
         .key(&keys.campaign)
         .key(&keys.users)
@@ -248,6 +247,11 @@ pub async fn hydrate_commit(
         .invoke_async(con)
         .await?;
     hydration(code)
+}
+
+/// A window's end as the scripts take it: milliseconds, or '' where open.
+fn millis(at: Option<Timestamp>) -> String {
+    at.map_or(String::new(), |at| at.millis().to_string())
 }
 
 /// Ends a loaded campaign's window now, by Redis's clock, unless it ended before
@@ -295,6 +299,8 @@ pub struct RedisRepair {
     pub total: i32,
     /// The highest voucher number PostgreSQL knows given.
     pub last_seq: i64,
+    /// The sale window both sides agree on.
+    pub window: Window,
     /// Holders PostgreSQL has that Redis lacks or holds under another key.
     pub set: Vec<Holder>,
     /// Holders PostgreSQL refused and holds nothing for.
@@ -313,6 +319,8 @@ pub async fn repair(
         .key(&keys.users)
         .arg(repair.total)
         .arg(repair.last_seq)
+        .arg(millis(repair.window.starts_at))
+        .arg(millis(repair.window.ends_at))
         .arg(repair.set.len());
     for holder in repair.set.iter().chain(&repair.remove) {
         invocation

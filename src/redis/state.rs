@@ -54,6 +54,17 @@ pub struct CampaignState {
     pub holders: i64,
     /// The last voucher number given.
     pub last_seq: i64,
+    pub starts_at: Option<Timestamp>,
+    pub ends_at: Option<Timestamp>,
+}
+
+impl CampaignState {
+    pub fn window(&self) -> Window {
+        Window {
+            starts_at: self.starts_at,
+            ends_at: self.ends_at,
+        }
+    }
 }
 
 /// The campaign's counters and holder count; `None` when Redis does not hold it.
@@ -61,12 +72,18 @@ pub async fn campaign_state(
     con: &mut impl ConnectionLike,
     keys: &CampaignKeys,
 ) -> RedisResult<Option<CampaignState>> {
-    type Counters = (Option<i64>, Option<i64>, Option<i64>);
-    let ((total, remaining, last_seq), holders): (Counters, i64) = redis::pipe()
+    type Counters = (
+        Option<i64>,
+        Option<i64>,
+        Option<i64>,
+        Option<i64>,
+        Option<i64>,
+    );
+    let ((total, remaining, last_seq, starts, ends), holders): (Counters, i64) = redis::pipe()
         .atomic()
         .cmd("HMGET")
         .arg(&keys.campaign)
-        .arg(&["total", "remaining", "seq"])
+        .arg(&["total", "remaining", "seq", "starts", "ends"])
         .cmd("HLEN")
         .arg(&keys.users)
         .query_async(con)
@@ -77,6 +94,8 @@ pub async fn campaign_state(
             remaining,
             holders,
             last_seq: last_seq.unwrap_or(0),
+            starts_at: starts.and_then(Timestamp::from_millis),
+            ends_at: ends.and_then(Timestamp::from_millis),
         }),
         _ => None,
     })

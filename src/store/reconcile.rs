@@ -7,7 +7,7 @@ use sqlx::{FromRow, PgPool};
 use uuid::Uuid;
 
 use super::campaigns::LAST_SEQ;
-use crate::domain::{CampaignId, Holder, UserId};
+use crate::domain::{CampaignId, Holder, Timestamp, UserId, Window};
 
 /// How many campaigns one page of the campaign list holds.
 const CAMPAIGN_PAGE: i64 = 500;
@@ -25,6 +25,17 @@ pub struct StoredCounts {
     pub last_seq: i64,
     /// Voucher numbers already recorded as lost.
     pub recorded_lost: i64,
+    pub starts_at: Option<time::OffsetDateTime>,
+    pub ends_at: Option<time::OffsetDateTime>,
+}
+
+impl StoredCounts {
+    pub fn window(&self) -> Window {
+        Window {
+            starts_at: self.starts_at.map(Timestamp::from),
+            ends_at: self.ends_at.map(Timestamp::from),
+        }
+    }
 }
 
 /// One entry PostgreSQL refused.
@@ -64,7 +75,8 @@ pub async fn stored_counts(
         "select name, total, redeemed,
                 (select count(*) from redemptions where campaign_id = $1) as rows,
                 {LAST_SEQ} as last_seq,
-                (select count(*) from lost_redemptions where campaign_id = $1) as recorded_lost
+                (select count(*) from lost_redemptions where campaign_id = $1) as recorded_lost,
+                starts_at, ends_at
          from campaigns where id = $1"
     ))
     .bind(id.as_uuid())

@@ -147,3 +147,26 @@ async fn an_unknown_campaign_is_a_404_problem(
         assert_eq!(problem["status"], 404);
     }
 }
+
+#[tokio::test]
+async fn an_idempotency_key_header_in_iso_8859_1_is_the_key_it_spells() {
+    let app = TestApp::spawn_on(Single).await;
+    let id = app.create_campaign(5).await;
+    let response = app
+        .client
+        .post(app.url(&format!("/campaigns/{id}/redeem")))
+        .header(
+            "idempotency-key",
+            reqwest::header::HeaderValue::from_bytes(b"caf\xe9").unwrap(),
+        )
+        .json(&json!({"userId": "alice"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let replay = app.redeem(id, "alice", "café").await;
+    assert_eq!(
+        (replay.body.as_str(), replay.replayed),
+        (r#"{"status":"REDEEMED"}"#, true)
+    );
+}

@@ -256,3 +256,39 @@ async fn a_refused_pair_granted_again_and_stored_is_a_holder_not_an_open_refusal
     assert!(campaign.get("repaired").is_none(), "nothing to repair");
     assert!(app.redeem(id, "again", "k").await.replayed);
 }
+
+#[rstest]
+#[tokio::test]
+async fn a_window_redis_and_postgresql_disagree_on_is_repaired_to_the_earlier_end(
+    #[values(Single, Cluster)] topology: Topology,
+) {
+    let app = TestApp::spawn_on(topology).await;
+    let id = app.create_campaign(5).await;
+    // A close cut short after Redis and before PostgreSQL: Redis has ended, PostgreSQL has not.
+    let ended_ms = time::OffsetDateTime::now_utc().unix_timestamp() * 1000 - 1000;
+    let mut con = app.redis.clone();
+    let _: () = con
+        .hset(&app.keys(id).campaign, "ends", ended_ms)
+        .await
+        .unwrap();
+    assert_eq!(app.redeem(id, "a", "k").await.outcome(), "ENDED");
+
+    let found = check(topology, id, false).await;
+    assert_eq!(found.code, 1, "{}", found.stderr);
+    let drift = &found.campaign(id)["drift"][0];
+    assert_eq!(drift["kind"], "window", "{drift}");
+    assert_eq!(drift["postgres_ends_at"], Value::Null);
+
+    let repaired = check(topology, id, true).await;
+    assert_eq!(repaired.code, 0, "{:#}", repaired.report);
+    let stored_ms: i64 = sqlx::query_scalar(
+        "select (extract(epoch from ends_at) * 1000)::bigint from campaigns where id = $1",
+    )
+    .bind(id.as_uuid())
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(stored_ms, ended_ms, "PostgreSQL took Redis's earlier end");
+    assert_eq!(app.redeem(id, "a", "k").await.outcome(), "ENDED");
+    assert_eq!(check(topology, id, false).await.code, 0);
+}
