@@ -141,3 +141,40 @@ async fn three_gateways_behind_haproxy_under_the_k6_stress_count_exactly() {
         summary["p99_ms"].as_f64().unwrap(),
     );
 }
+
+#[tokio::test]
+#[ignore = "a load test: scripts/test runs it on its own, after the others"]
+async fn the_k6_flashsale_opens_on_the_second_and_its_winners_list_is_what_k6_was_told() {
+    let gateway = GatewayProcess::start(&database_url(), &Topology::Single.redis_url(), &[]).await;
+    let summaries = tempfile::tempdir().unwrap();
+    let k6 = Command::new("k6")
+        .args(["run", "-q", "k6/flashsale.ts"])
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")))
+        .env("BASE_URL", format!("http://127.0.0.1:{}", gateway.port))
+        .env("TOTAL", "1000")
+        .env("OPEN_IN", "3")
+        .env("P99_MS", "10000")
+        .env("SUMMARY_DIR", summaries.path())
+        .output()
+        .expect("k6 is installed (scripts/test installs it)");
+    let printed = String::from_utf8_lossy(&k6.stdout);
+    assert!(
+        k6.status.success(),
+        "k6 failed: {printed}{}",
+        String::from_utf8_lossy(&k6.stderr)
+    );
+    let summary: Value =
+        serde_json::from_slice(&std::fs::read(summaries.path().join("flashsale.json")).unwrap())
+            .unwrap();
+    assert_eq!(summary["invariants"]["ok"], true, "{summary:#}");
+    assert_eq!(summary["invariants"]["seen"], 1000, "{summary:#}");
+    let winners = &summary["winners"];
+    assert_eq!(winners["ok"], true, "{summary:#}");
+    assert_eq!(winners["listed"], 1000);
+    assert_eq!(winners["redeemedBeforeOpening"], 0);
+    assert!(
+        winners["early409"].as_f64().unwrap() >= 200.0,
+        "{summary:#}"
+    );
+    eprintln!("{printed}");
+}
