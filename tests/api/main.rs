@@ -2,6 +2,7 @@
 //! campaigns, so tests run in parallel on the shared servers; fault tests start private servers.
 
 mod acknowledgements;
+mod alerting;
 mod bad_input;
 mod balanced;
 mod cluster;
