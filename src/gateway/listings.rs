@@ -76,6 +76,12 @@ impl Gateway {
         Ok((items, next))
     }
 
+    /// When a sold-out campaign's last voucher was granted, as PostgreSQL stored it.
+    pub async fn sold_out_at(&self, id: CampaignId) -> Result<Option<Timestamp>, GatewayError> {
+        let last = store::listings::last_redeemed_at(&self.db, id).await?;
+        Ok(last.map(Timestamp::from))
+    }
+
     /// Up to `limit` of a campaign's stored redemptions numbered above `after`, and the number
     /// the next page starts after.
     pub async fn redemptions(

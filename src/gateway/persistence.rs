@@ -72,6 +72,9 @@ pub struct Expected {
     waiters: Arc<Waiters>,
     identity: String,
     id: u64,
+    campaign: CampaignId,
+    holder: Holder,
+    /// Answered as soon as a message or the sweep finds the fate, maybe before `wait`.
     answered: oneshot::Receiver<Fate>,
 }
 
@@ -132,6 +135,8 @@ impl Persistence {
             waiters: self.waiters.clone(),
             identity,
             id,
+            campaign,
+            holder: holder.clone(),
             answered,
         }
     }
@@ -149,8 +154,8 @@ impl Persistence {
             match seq {
                 Some(seq) => expected.set_seq(seq),
                 None => {
-                    let (campaign, holder) = expected.redemption();
-                    match store::fates(&self.db, &[(campaign, &holder, None)]).await {
+                    let looked_up = [(expected.campaign, &expected.holder, None)];
+                    match store::fates(&self.db, &looked_up).await {
                         Ok(found) => {
                             if let Some((_, fate)) = found.into_iter().next() {
                                 return Some(fate);
@@ -206,13 +211,9 @@ impl Expected {
         Some(apply(waiter))
     }
 
+    /// Records a new grant's voucher number for the sweep (a no-op once answered).
     fn set_seq(&self, seq: i64) {
         self.with_waiter(|waiter| waiter.seq = Some(seq));
-    }
-
-    fn redemption(&self) -> (CampaignId, Holder) {
-        self.with_waiter(|waiter| (waiter.campaign, waiter.holder.clone()))
-            .expect("a waiter stays until its fate is known or it is dropped")
     }
 }
 

@@ -14,7 +14,7 @@ use std::{
 use axum::{
     body::Body,
     extract::{Request, State},
-    http::{header, request::Parts},
+    http::{HeaderValue, header, request::Parts},
     middleware::Next,
     response::{IntoResponse, Response},
 };
@@ -57,23 +57,64 @@ impl Token {
     /// constant time, so the time taken reveals neither how much of a guess was right nor the
     /// token's length.
     fn admits(&self, authorization: &[u8]) -> bool {
-        let Some((scheme, rest)) = authorization.split_at_checked(6) else {
+        credentials(authorization, b"bearer").is_some_and(|token| self.matches(token))
+    }
+
+    /// Whether an `Authorization` header value is HTTP Basic with this token as the password
+    /// (any user name): what a browser sends once its user typed the token into its prompt.
+    fn admits_password(&self, authorization: &[u8]) -> bool {
+        use base64::Engine;
+        let Some(encoded) = credentials(authorization, b"basic") else {
             return false;
         };
-        let presented = rest.trim_ascii_start();
-        if presented.len() == rest.len() {
+        let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(encoded) else {
             return false;
-        }
+        };
+        let password = decoded.splitn(2, |&byte| byte == b':').nth(1);
+        password.is_some_and(|password| self.matches(password))
+    }
+
+    /// Every digest compared, so the time taken does not tell which one matched.
+    fn matches(&self, presented: &[u8]) -> bool {
         let presented = Sha256::digest(presented);
-        // Every digest compared, so the time taken does not tell which one matched.
         let matched = self
             .0
             .iter()
             .fold(subtle::Choice::from(0), |matched, digest| {
                 matched | presented.ct_eq(digest.as_slice())
             });
-        scheme.eq_ignore_ascii_case(b"bearer") && bool::from(matched)
+        bool::from(matched)
     }
+}
+
+/// The credentials of an `Authorization` header value of `scheme` (lowercase; matched in any
+/// case): the scheme, one or more spaces, the credentials (RFC 9110).
+fn credentials<'a>(authorization: &'a [u8], scheme: &[u8]) -> Option<&'a [u8]> {
+    let (given, rest) = authorization.split_at_checked(scheme.len())?;
+    let presented = rest.trim_ascii_start();
+    (given.eq_ignore_ascii_case(scheme) && presented.len() < rest.len()).then_some(presented)
+}
+
+/// Middleware for what a browser opens (the dashboard): the token as a bearer token, or as the
+/// password of HTTP Basic authentication, which a browser asks its user for (the 401 says so)
+/// and then sends with every request of the page.
+pub async fn require_token_or_password(
+    State(token): State<Token>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let authorization = request.headers().get(header::AUTHORIZATION);
+    if authorization.is_some_and(|value| {
+        token.admits(value.as_bytes()) || token.admits_password(value.as_bytes())
+    }) {
+        return next.run(request).await;
+    }
+    let mut response = ApiError::Unauthorized.into_response();
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Basic realm=\"voucher-gateway\", charset=\"UTF-8\""),
+    );
+    response
 }
 
 /// Middleware: only requests with `Authorization: Bearer <token>` pass.

@@ -2,6 +2,7 @@
 //! call the `Gateway`, and shape the answer; they hold no business logic and no SQL.
 
 mod campaigns;
+mod dashboard;
 pub mod error;
 mod extract;
 mod guard;
@@ -60,7 +61,11 @@ pub fn routers(
     settings: &HttpSettings,
     separate_ops: bool,
 ) -> Routers {
-    let api = api_router(gateway, settings);
+    let api = api_router(gateway.clone(), settings).merge(dashboard_router(
+        gateway,
+        probe.clone(),
+        settings,
+    ));
     let ops = ops_router(probe);
     if separate_ops {
         Routers {
@@ -119,6 +124,26 @@ fn api_router(gateway: Arc<Gateway>, settings: &HttpSettings) -> Router {
         )
         .route_layer(limits)
         .with_state(gateway)
+}
+
+/// The live page and its data, for the people watching the sale; with `VG_ADMIN_TOKEN` set they
+/// need it, as a bearer token or as the password a browser prompts for.
+fn dashboard_router(gateway: Arc<Gateway>, probe: Arc<Probe>, settings: &HttpSettings) -> Router {
+    let routes = Router::new()
+        .route("/dashboard", get(dashboard::page))
+        .route("/dashboard/data", get(dashboard::data));
+    let routes = match Token::from_setting(exposed(&settings.admin_token)) {
+        Some(token) => routes.route_layer(middleware::from_fn_with_state(
+            token,
+            guard::require_token_or_password,
+        )),
+        None => routes,
+    };
+    routes.with_state(dashboard::Dashboard::new(
+        gateway,
+        probe,
+        telemetry::metrics::handle(),
+    ))
 }
 
 fn ops_router(probe: Arc<Probe>) -> Router {

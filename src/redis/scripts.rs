@@ -377,6 +377,8 @@ pub struct OutboxStats {
     pub oldest_pending_age: Option<Duration>,
     /// Age of the oldest entry: how far PostgreSQL lags behind the answers given.
     pub lag: Option<Duration>,
+    /// Entries that have left the stream since it was created: stored (or dead-lettered).
+    pub written: u64,
 }
 
 pub async fn outbox_stats(con: &mut impl ConnectionLike, outbox: &str) -> RedisResult<OutboxStats> {
@@ -385,7 +387,7 @@ pub async fn outbox_stats(con: &mut impl ConnectionLike, outbox: &str) -> RedisR
         .arg(WRITER_GROUP)
         .invoke_async(con)
         .await?;
-    let [now_ms, length, pending, oldest_pending_ms, oldest_ms] = reply[..] else {
+    let [now_ms, length, pending, oldest_pending_ms, oldest_ms, added] = reply[..] else {
         return Err(super::unexpected_reply(
             "outbox_stats.lua",
             format!("{reply:?}"),
@@ -400,5 +402,6 @@ pub async fn outbox_stats(con: &mut impl ConnectionLike, outbox: &str) -> RedisR
         pending: pending.max(0) as u64,
         oldest_pending_age: age(oldest_pending_ms),
         lag: age(oldest_ms),
+        written: u64::try_from(added - length).unwrap_or(0),
     })
 }

@@ -82,3 +82,16 @@ pub async fn redemption_of(
     .fetch_optional(pool)
     .await
 }
+
+/// When the campaign's highest-numbered stored voucher was granted: a sold-out campaign's last.
+pub async fn last_redeemed_at(
+    pool: &PgPool,
+    campaign: CampaignId,
+) -> Result<Option<OffsetDateTime>, sqlx::Error> {
+    sqlx::query_scalar(
+        "select redeemed_at from redemptions where campaign_id = $1 order by seq desc limit 1",
+    )
+    .bind(campaign.as_uuid())
+    .fetch_optional(pool)
+    .await
+}

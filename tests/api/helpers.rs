@@ -171,6 +171,9 @@ impl TestApp {
     pub async fn spawn_acked(topology: Topology, ack: Acked) -> Self {
         let mut config = test_config_on(topology);
         config.ack.mode = ack;
+        // Tests run side by side on two cores: durability may take a while, and a 503 would
+        // turn these tests' exact counts into retries.
+        config.ack.timeout = Duration::from_secs(4);
         let mut servers = Vec::new();
         if topology == Topology::Single && ack == Acked::Replica {
             let primary = RedisServer::start();

@@ -8,6 +8,7 @@ mod balanced;
 mod cluster;
 mod concurrency;
 mod contract;
+mod dashboard;
 mod edge;
 mod faults;
 mod helpers;

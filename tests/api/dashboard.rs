@@ -1,0 +1,113 @@
+//! The live page: served from the binary, its one data document agreeing with the API, and
+//! guarded by the admin token when one is set.
+
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::helpers::{TestApp, Topology::Single, test_config_on};
+
+#[tokio::test]
+async fn the_page_is_served_from_the_binary() {
+    let app = TestApp::spawn_on(Single).await;
+    let page = app.client.get(app.url("/dashboard")).send().await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    assert!(
+        page.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    let html = page.text().await.unwrap();
+    assert!(html.contains("/dashboard/data") && html.contains("Live campaigns"));
+}
+
+#[tokio::test]
+async fn its_data_agree_with_the_api() {
+    let app = TestApp::spawn_on(Single).await;
+    let id = app.create_campaign(3).await;
+    for user in ["a", "b", "c"] {
+        assert_eq!(app.redeem(id, user, "k").await.outcome(), "REDEEMED");
+    }
+    assert_eq!(app.redeem(id, "d", "k").await.outcome(), "SOLD_OUT");
+    crate::faults::wait_drained_on(&mut app.redis.clone()).await;
+    let summary = app.summary(id).await;
+
+    // The document is at most a second old: wait for one that has the sale's end.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (data, campaign) = loop {
+        let data: Value = app.get_json("/dashboard/data").await;
+        let campaign = data["campaigns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["id"] == summary["id"])
+            .cloned();
+        if let Some(campaign) = campaign.filter(|c| c["soldOutAt"].is_string()) {
+            break (data, campaign);
+        }
+        assert!(Instant::now() < deadline, "{data:#}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    for field in [
+        "name",
+        "total",
+        "redeemed",
+        "remaining",
+        "startsAt",
+        "endsAt",
+    ] {
+        assert_eq!(campaign[field], summary[field], "{field}");
+    }
+    assert_eq!(data["shards"].as_array().unwrap().len(), 16);
+    let sold_out: f64 = data["answers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["outcome"] == "sold_out")
+        .map(|a| a["count"].as_f64().unwrap())
+        .sum();
+    assert!(sold_out >= 1.0, "{data:#}");
+}
+
+#[tokio::test]
+async fn with_an_admin_token_it_needs_it_as_a_bearer_token_or_a_password() {
+    let mut config = test_config_on(Single);
+    config.admin_token = Some("admin-secret".into());
+    let app = TestApp::spawn_with(config).await;
+    for path in ["/dashboard", "/dashboard/data"] {
+        let refused = app.client.get(app.url(path)).send().await.unwrap();
+        assert_eq!(refused.status(), StatusCode::UNAUTHORIZED, "{path}");
+        assert!(
+            refused.headers()["www-authenticate"]
+                .to_str()
+                .unwrap()
+                .starts_with("Basic realm="),
+            "a browser is asked for the token"
+        );
+        let bearer = app.client.get(app.url(path)).bearer_auth("admin-secret");
+        assert_eq!(
+            bearer.send().await.unwrap().status(),
+            StatusCode::OK,
+            "{path}"
+        );
+        let password = app
+            .client
+            .get(app.url(path))
+            .basic_auth("anyone", Some("admin-secret"));
+        assert_eq!(
+            password.send().await.unwrap().status(),
+            StatusCode::OK,
+            "{path}"
+        );
+        let wrong = app
+            .client
+            .get(app.url(path))
+            .basic_auth("admin-secret", Some("guess"));
+        assert_eq!(
+            wrong.send().await.unwrap().status(),
+            StatusCode::UNAUTHORIZED
+        );
+    }
+}
