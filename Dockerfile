@@ -24,12 +24,12 @@ RUN touch src/main.rs src/lib.rs && cargo build --release --locked
 # tests/api/helpers.rs run: redis-server and redis-cli, a Debian cluster (pg_ctlcluster,
 # /etc/postgresql/15/main), initdb and pg_ctl under `pg_config --bindir` (as the postgres user,
 # via runuser), psql, dropdb, python3 (free ports), HAProxy and k6 (the load-balanced load test),
-# Prometheus (promtool and the alerting test);
+# Prometheus (promtool and the alerting test), Chromium and Node.js (the live page's browser test);
 # wrk only so that scripts/services finds nothing to install.
 FROM deps AS tests
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        postgresql redis-server wrk haproxy prometheus python3 \
+        postgresql redis-server wrk haproxy prometheus chromium nodejs npm python3 \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=grafana/k6:1.1.0 /usr/bin/k6 /usr/local/bin/k6
 # Test dependencies (debug profile, dev-dependencies) in their own layer, as above.

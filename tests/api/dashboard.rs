@@ -111,3 +111,59 @@ async fn with_an_admin_token_it_needs_it_as_a_bearer_token_or_a_password() {
         );
     }
 }
+
+#[tokio::test]
+async fn headless_chromium_shows_what_the_api_says_polling_at_most_once_a_second() {
+    let app = TestApp::spawn_on(Single).await;
+    let id = app.create_campaign(50).await;
+    // Traffic while the page is open.
+    let traffic = tokio::spawn({
+        let (client, url) = (
+            app.client.clone(),
+            app.url(&format!("/campaigns/{id}/redeem")),
+        );
+        async move {
+            for n in 0..30 {
+                let body = serde_json::json!({"userId": format!("u{n}"), "idempotencyKey": "k"});
+                client.post(&url).json(&body).send().await.unwrap();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    });
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let screenshot = root.join("target/dashboard.png");
+    let browser = tokio::process::Command::new("node")
+        .arg(root.join("tests/browser/dashboard.mjs"))
+        .env("BASE_URL", &app.address)
+        .env("CAMPAIGN", id.to_string())
+        .env("WATCH_MS", "5000")
+        .env("SCREENSHOT", &screenshot)
+        .output()
+        .await
+        .expect("node runs (scripts/test installs it, chromium and playwright-core)");
+    traffic.await.unwrap();
+    assert!(
+        browser.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&browser.stdout),
+        String::from_utf8_lossy(&browser.stderr)
+    );
+    let seen: Value = serde_json::from_slice(&browser.stdout).unwrap();
+    let (shown, summary) = (&seen["shown"], &seen["summary"]);
+    assert_eq!(shown["remaining"], summary["remaining"], "{seen:#}");
+    assert_eq!(shown["redeemed"], summary["redeemed"], "{seen:#}");
+    assert_eq!(summary["redeemed"], 30);
+    let seconds = seen["watched"].as_f64().unwrap() / 1000.0;
+    let counted = seen["counted"].as_f64().unwrap();
+    assert!(
+        counted <= seconds.ceil() + 1.0,
+        "{counted} data requests in {seconds} s"
+    );
+    assert!(
+        counted >= seconds.floor() - 1.0,
+        "it kept polling: {counted} in {seconds} s"
+    );
+    assert_eq!(seen["phoneOverflow"], false, "readable on a phone's width");
+    assert!(screenshot.exists());
+    eprintln!("headless Chromium: {seen}");
+}
