@@ -202,18 +202,15 @@ async fn listen(mut subscription: Subscription, waiters: Arc<Waiters>) {
 }
 
 impl Expected {
-    fn with_waiter<T>(&self, apply: impl FnOnce(&mut Waiter) -> T) -> Option<T> {
-        let mut waiters = self.waiters.by_identity.lock().expect("never poisoned");
-        let waiter = waiters
-            .get_mut(&self.identity)?
-            .iter_mut()
-            .find(|waiter| waiter.id == self.id)?;
-        Some(apply(waiter))
-    }
-
     /// Records a new grant's voucher number for the sweep (a no-op once answered).
     fn set_seq(&self, seq: i64) {
-        self.with_waiter(|waiter| waiter.seq = Some(seq));
+        let mut waiters = self.waiters.by_identity.lock().expect("never poisoned");
+        let waiter = waiters
+            .get_mut(&self.identity)
+            .and_then(|list| list.iter_mut().find(|waiter| waiter.id == self.id));
+        if let Some(waiter) = waiter {
+            waiter.seq = Some(seq);
+        }
     }
 }
 

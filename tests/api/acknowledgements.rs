@@ -12,7 +12,9 @@ use serde_json::Value;
 use voucher_gateway::redis::keys::Shards;
 
 use crate::{
-    faults::{CLIENTS, connect, stall_writers, wait_drained, wait_sold_out},
+    faults::{
+        CLIENTS, connect, sell_out_then_roll_back, stall_writers, wait_drained, wait_sold_out,
+    },
     helpers::{
         Acked, PgServer, RedisServer, TestApp,
         Topology::{self, Cluster, Single},
@@ -249,37 +251,7 @@ async fn in_postgres_mode_redis_rolled_back_never_answers_redeemed_for_a_grant_p
     let app = TestApp::spawn_with(private_postgres_config(&redis)).await;
     let total = 400;
     let id = app.create_campaign(total).await;
-    let keys = app.keys(id);
-    let mut con = connect(&redis.url()).await;
-
-    let selling = Load::start(vec![app.address.clone()], id, 8);
-    selling.wait_acked(150).await;
-    // One consistent snapshot of both keys, as a replica would hold them.
-    let (campaign_then, users_then): (Vec<u8>, Vec<u8>) = redis::pipe()
-        .atomic()
-        .cmd("DUMP")
-        .arg(&keys.campaign)
-        .cmd("DUMP")
-        .arg(&keys.users)
-        .query_async(&mut con)
-        .await
-        .unwrap();
-    selling.wait_acked(total as usize).await;
-    let first = selling.stop().await;
-    wait_drained(&redis.url()).await;
-
-    // The rollback: the older campaign state comes back, as from a lagging replica.
-    for (key, dump) in [(&keys.campaign, &campaign_then), (&keys.users, &users_then)] {
-        let _: () = redis::cmd("RESTORE")
-            .arg(key)
-            .arg(0)
-            .arg(dump)
-            .arg("REPLACE")
-            .query_async(&mut con)
-            .await
-            .unwrap();
-    }
-    let holders_then: i64 = con.hlen(&keys.users).await.unwrap();
+    let (first, holders_then) = sell_out_then_roll_back(&app, &redis.url(), id, total).await;
     let regranting = Load::start(vec![app.address.clone()], id, 8);
     wait_sold_out(&app, id).await;
     let second = regranting.stop().await;

@@ -84,27 +84,15 @@ async fn three_gateways_behind_haproxy_under_the_k6_stress_count_exactly() {
     let total = 5_000;
     let id = create_campaign(&haproxy.url, total).await;
 
-    let summaries = tempfile::tempdir().unwrap();
-    let k6 = Command::new("k6")
-        .args(["run", "-q", "k6/stress.ts"])
-        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")))
-        .env("BASE_URL", &haproxy.url)
-        .env("CAMPAIGN_ID", id.to_string())
-        .env("SCALE", "0.5")
-        // A correctness test on debug builds: latency is the benchmark's business.
-        .env("P99_MS", "10000")
-        .env("SUMMARY_DIR", summaries.path())
-        .output()
-        .expect("k6 is installed (scripts/test installs it)");
-    let printed = String::from_utf8_lossy(&k6.stdout);
-    assert!(
-        k6.status.success(),
-        "k6 failed: {printed}{}",
-        String::from_utf8_lossy(&k6.stderr)
+    let id_text = id.to_string();
+    let (summary, _) = run_k6(
+        "stress",
+        &[
+            ("BASE_URL", haproxy.url.as_str()),
+            ("CAMPAIGN_ID", id_text.as_str()),
+            ("SCALE", "0.5"),
+        ],
     );
-    let summary: Value =
-        serde_json::from_slice(&std::fs::read(summaries.path().join("stress.json")).unwrap())
-            .unwrap();
     let invariants = &summary["invariants"];
     assert_eq!(invariants["ok"], true, "{summary:#}");
     assert_eq!(
@@ -146,26 +134,15 @@ async fn three_gateways_behind_haproxy_under_the_k6_stress_count_exactly() {
 #[ignore = "a load test: scripts/test runs it on its own, after the others"]
 async fn the_k6_flashsale_opens_on_the_second_and_its_winners_list_is_what_k6_was_told() {
     let gateway = GatewayProcess::start(&database_url(), &Topology::Single.redis_url(), &[]).await;
-    let summaries = tempfile::tempdir().unwrap();
-    let k6 = Command::new("k6")
-        .args(["run", "-q", "k6/flashsale.ts"])
-        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")))
-        .env("BASE_URL", format!("http://127.0.0.1:{}", gateway.port))
-        .env("TOTAL", "1000")
-        .env("OPEN_IN", "3")
-        .env("P99_MS", "10000")
-        .env("SUMMARY_DIR", summaries.path())
-        .output()
-        .expect("k6 is installed (scripts/test installs it)");
-    let printed = String::from_utf8_lossy(&k6.stdout);
-    assert!(
-        k6.status.success(),
-        "k6 failed: {printed}{}",
-        String::from_utf8_lossy(&k6.stderr)
+    let url = format!("http://127.0.0.1:{}", gateway.port);
+    let (summary, printed) = run_k6(
+        "flashsale",
+        &[
+            ("BASE_URL", url.as_str()),
+            ("TOTAL", "1000"),
+            ("OPEN_IN", "3"),
+        ],
     );
-    let summary: Value =
-        serde_json::from_slice(&std::fs::read(summaries.path().join("flashsale.json")).unwrap())
-            .unwrap();
     assert_eq!(summary["invariants"]["ok"], true, "{summary:#}");
     assert_eq!(summary["invariants"]["seen"], 1000, "{summary:#}");
     let winners = &summary["winners"];
@@ -177,4 +154,28 @@ async fn the_k6_flashsale_opens_on_the_second_and_its_winners_list_is_what_k6_wa
         "{summary:#}"
     );
     eprintln!("{printed}");
+}
+
+/// Runs the k6 suite `k6/<suite>.ts` with `env`; fails the test when k6 does. Returns the suite's
+/// JSON summary and what k6 printed.
+fn run_k6(suite: &str, env: &[(&str, &str)]) -> (Value, String) {
+    let summaries = tempfile::tempdir().unwrap();
+    let k6 = Command::new("k6")
+        .args(["run", "-q", &format!("k6/{suite}.ts")])
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")))
+        .envs(env.iter().copied())
+        // A correctness test on debug builds: latency is the benchmark's business.
+        .env("P99_MS", "10000")
+        .env("SUMMARY_DIR", summaries.path())
+        .output()
+        .expect("k6 is installed (scripts/test installs it)");
+    let printed = String::from_utf8_lossy(&k6.stdout).into_owned();
+    assert!(
+        k6.status.success(),
+        "k6 failed: {printed}{}",
+        String::from_utf8_lossy(&k6.stderr)
+    );
+    let file = summaries.path().join(format!("{suite}.json"));
+    let summary = serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap();
+    (summary, printed)
 }

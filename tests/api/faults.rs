@@ -357,38 +357,7 @@ async fn redis_rolled_back_postgres_refuses_every_excess_grant_and_repair_closes
     let app = TestApp::spawn_with(private_redis_config(&redis, true)).await;
     let total = 400;
     let id = app.create_campaign(total).await;
-    let keys = app.keys(id);
-    let mut con = connect(&redis.url()).await;
-
-    let selling = Load::start(vec![app.address.clone()], id, 8);
-    selling.wait_acked(150).await;
-    // One consistent snapshot of both keys, as a replica would hold them.
-    let (campaign_then, users_then): (Vec<u8>, Vec<u8>) = redis::pipe()
-        .atomic()
-        .cmd("DUMP")
-        .arg(&keys.campaign)
-        .cmd("DUMP")
-        .arg(&keys.users)
-        .query_async(&mut con)
-        .await
-        .unwrap();
-    selling.wait_acked(total as usize).await;
-    let first = selling.stop().await;
-    wait_drained(&redis.url()).await;
-    assert_eq!(stored(&app.db, id).await.len() as i64, total);
-
-    // The rollback: the older campaign state comes back, as from a lagging replica.
-    for (key, dump) in [(&keys.campaign, &campaign_then), (&keys.users, &users_then)] {
-        let _: () = redis::cmd("RESTORE")
-            .arg(key)
-            .arg(0)
-            .arg(dump)
-            .arg("REPLACE")
-            .query_async(&mut con)
-            .await
-            .unwrap();
-    }
-    let holders_then: i64 = con.hlen(&keys.users).await.unwrap();
+    let (first, holders_then) = sell_out_then_roll_back(&app, &redis.url(), id, total).await;
     let regranting = Load::start(vec![app.address.clone()], id, 8);
     wait_sold_out(&app, id).await;
     let history = first.merge(regranting.stop().await);
@@ -634,4 +603,46 @@ async fn poison_entries_go_to_the_dead_letter_streams_and_the_rest_drains() {
         letters.len(),
         audit.acked.len(),
     );
+}
+
+/// Sells campaign `id` (of `total`) out under load on `app`, whose Redis is at `redis_url`,
+/// then rolls Redis back to a snapshot of the campaign taken after 150 grants, as from a
+/// lagging replica. Returns the load's history and how many holders the snapshot has.
+pub async fn sell_out_then_roll_back(
+    app: &TestApp,
+    redis_url: &str,
+    id: CampaignId,
+    total: i64,
+) -> (crate::load::History, i64) {
+    let keys = app.keys(id);
+    let mut con = connect(redis_url).await;
+    let selling = Load::start(vec![app.address.clone()], id, 8);
+    selling.wait_acked(150).await;
+    // One consistent snapshot of both keys, as a replica would hold them.
+    let (campaign_then, users_then): (Vec<u8>, Vec<u8>) = redis::pipe()
+        .atomic()
+        .cmd("DUMP")
+        .arg(&keys.campaign)
+        .cmd("DUMP")
+        .arg(&keys.users)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    selling.wait_acked(total as usize).await;
+    let first = selling.stop().await;
+    wait_drained(redis_url).await;
+    assert_eq!(stored(&app.db, id).await.len() as i64, total);
+
+    for (key, dump) in [(&keys.campaign, &campaign_then), (&keys.users, &users_then)] {
+        let _: () = redis::cmd("RESTORE")
+            .arg(key)
+            .arg(0)
+            .arg(dump)
+            .arg("REPLACE")
+            .query_async(&mut con)
+            .await
+            .unwrap();
+    }
+    let holders_then: i64 = con.hlen(&keys.users).await.unwrap();
+    (first, holders_then)
 }
