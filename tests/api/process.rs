@@ -8,7 +8,11 @@ use std::{
 
 use serde_json::Value;
 use sqlx::{Connection, PgConnection};
-use tokio::process::{Child, Command};
+use tokio::{
+    io::AsyncReadExt,
+    process::{Child, Command},
+    task::JoinHandle,
+};
 
 use voucher_gateway::domain::CampaignId;
 
@@ -24,6 +28,8 @@ pub struct GatewayProcess {
     /// Whether its log lines (stderr) are kept for the test, rather than shown.
     logged: bool,
     child: Option<Child>,
+    /// Reads the kept log lines as they come, so that a full pipe never blocks the gateway.
+    logs: Option<JoinHandle<Vec<u8>>>,
 }
 
 impl GatewayProcess {
@@ -61,6 +67,7 @@ impl GatewayProcess {
             env,
             logged,
             child: None,
+            logs: None,
         };
         gateway.start_again().await;
         gateway
@@ -68,7 +75,7 @@ impl GatewayProcess {
 
     /// Starts the process (again) with the same settings and port.
     pub async fn start_again(&mut self) {
-        let child = Command::new(BINARY)
+        let mut child = Command::new(BINARY)
             .arg("serve")
             .envs(self.env.iter().cloned())
             .stdout(Stdio::null())
@@ -80,6 +87,13 @@ impl GatewayProcess {
             .kill_on_drop(true)
             .spawn()
             .expect("the gateway binary starts");
+        self.logs = child.stderr.take().map(|mut stderr| {
+            tokio::spawn(async move {
+                let mut logged = Vec::new();
+                stderr.read_to_end(&mut logged).await.unwrap();
+                logged
+            })
+        });
         self.child = Some(child);
         let probe = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -113,13 +127,9 @@ impl GatewayProcess {
 
     /// SIGTERM, then waits (at most `within`) for the process to exit; returns what it logged.
     pub async fn terminate_with_logs(&mut self, within: Duration) -> String {
-        let child = self.child.take().expect("running");
-        signal(child.id().expect("running"), "TERM");
-        let output = tokio::time::timeout(within, child.wait_with_output())
-            .await
-            .expect("the gateway exits within the deadline")
-            .unwrap();
-        String::from_utf8(output.stderr).unwrap()
+        self.terminate(within).await;
+        let logs = self.logs.take().expect("started with start_logged");
+        String::from_utf8(logs.await.unwrap()).unwrap()
     }
 
     pub fn pid(&self) -> u32 {
