@@ -13,7 +13,7 @@ RUN mkdir src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
 
 FROM deps AS builder
 RUN cargo build --release --locked
-# The binary embeds migrations/ (sqlx::migrate!) and lua/ (include_str!).
+# The binary embeds migrations/ and lua/ (include_str!).
 COPY src src
 COPY migrations migrations
 COPY lua lua

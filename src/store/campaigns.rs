@@ -1,19 +1,21 @@
 //! The campaigns table, and a campaign's holders read page by page.
 
-use sqlx::{FromRow, PgPool};
+use sqlx::PgPool;
 use time::OffsetDateTime;
 
 use crate::domain::{CampaignId, CampaignName, Holder, Timestamp, Total, Window};
 
-/// A campaign as hydration needs it from PostgreSQL.
-#[derive(Debug, Clone, PartialEq, Eq, FromRow)]
-pub struct CampaignRow {
-    pub name: String,
-    pub total: i32,
-    /// The highest voucher number PostgreSQL has seen, stored or refused.
-    pub last_seq: i64,
-    pub starts_at: Option<OffsetDateTime>,
-    pub ends_at: Option<OffsetDateTime>,
+row! {
+    /// A campaign as hydration needs it from PostgreSQL.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct CampaignRow {
+        pub name: String,
+        pub total: i32,
+        /// The highest voucher number PostgreSQL has seen, stored or refused.
+        pub last_seq: i64,
+        pub starts_at: Option<OffsetDateTime>,
+        pub ends_at: Option<OffsetDateTime>,
+    }
 }
 
 impl CampaignRow {

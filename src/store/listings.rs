@@ -2,23 +2,25 @@
 //! both by keyset (never OFFSET, so a page deep in a million rows costs what the first does),
 //! and one user's stored redemption.
 
-use sqlx::{FromRow, PgPool};
+use sqlx::PgPool;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::domain::CampaignId;
 
-/// A campaign as PostgreSQL lists it.
-#[derive(Debug, Clone, PartialEq, Eq, FromRow)]
-pub struct ListedCampaign {
-    pub id: Uuid,
-    pub name: String,
-    pub total: i32,
-    /// Redemptions stored (Redis may have answered more).
-    pub redeemed: i32,
-    pub created_at: OffsetDateTime,
-    pub starts_at: Option<OffsetDateTime>,
-    pub ends_at: Option<OffsetDateTime>,
+row! {
+    /// A campaign as PostgreSQL lists it.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct ListedCampaign {
+        pub id: Uuid,
+        pub name: String,
+        pub total: i32,
+        /// Redemptions stored (Redis may have answered more).
+        pub redeemed: i32,
+        pub created_at: OffsetDateTime,
+        pub starts_at: Option<OffsetDateTime>,
+        pub ends_at: Option<OffsetDateTime>,
+    }
 }
 
 /// Up to `limit` campaigns created before `after` (a listed campaign's creation and id), newest
@@ -40,13 +42,15 @@ pub async fn campaigns(
     .await
 }
 
-/// A stored redemption.
-#[derive(Debug, Clone, PartialEq, Eq, FromRow)]
-pub struct StoredRedemption {
-    pub user_id: String,
-    pub idempotency_key: String,
-    pub seq: i32,
-    pub redeemed_at: OffsetDateTime,
+row! {
+    /// A stored redemption.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct StoredRedemption {
+        pub user_id: String,
+        pub idempotency_key: String,
+        pub seq: i32,
+        pub redeemed_at: OffsetDateTime,
+    }
 }
 
 /// Up to `limit` of a campaign's stored redemptions numbered above `after`, in number order.

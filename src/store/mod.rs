@@ -1,8 +1,31 @@
 //! PostgreSQL, the system of record: connecting, migrating, and the typed queries of each table.
 //! The gateway, the writer and reconcile call these functions; no SQL lives anywhere else.
 
+/// A struct read from a query's row, whose fields are named as the query's columns: it implements
+/// `FromRow`. sqlx's derive would bring its macro crate, which builds a second PostgreSQL driver
+/// for the compiler to run.
+macro_rules! row {
+    (
+        $(#[$meta:meta])*
+        pub struct $row:ident { $($(#[$field_meta:meta])* pub $field:ident: $type:ty),+ $(,)? }
+    ) => {
+        $(#[$meta])*
+        pub struct $row { $($(#[$field_meta])* pub $field: $type),+ }
+
+        impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for $row {
+            fn from_row(row: &'r sqlx::postgres::PgRow) -> Result<Self, sqlx::Error> {
+                use sqlx::Row;
+                Ok(Self {
+                    $($field: row.try_get(stringify!($field))?),+
+                })
+            }
+        }
+    };
+}
+
 mod campaigns;
 pub mod listings;
+mod migrations;
 pub mod reconcile;
 mod redemptions;
 
@@ -18,6 +41,7 @@ pub use campaigns::{
     CampaignRow, HOLDERS_CHUNK, HolderPages, campaign_exists, close_campaign, insert_campaign,
     select_campaign,
 };
+pub use migrations::{migrate, pending_migrations};
 pub use redemptions::{BatchSummary, fates, store_batch};
 
 use crate::domain::Holder;
@@ -61,33 +85,6 @@ pub async fn connect(
         .acquire_timeout(timeout)
         .connect_with(options.options([("statement_timeout", statement_timeout.as_str())]))
         .await
-}
-
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
-
-/// Applies pending migrations (concurrent gateways serialise on sqlx's advisory lock).
-pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
-    MIGRATOR.run(pool).await
-}
-
-/// The versions of the migrations this build has that the database has not applied.
-pub async fn pending_migrations(pool: &PgPool) -> Result<Vec<i64>, sqlx::Error> {
-    let applied: Vec<i64> =
-        sqlx::query_scalar("select version from _sqlx_migrations where success")
-            .fetch_all(pool)
-            .await
-            .or_else(|error| match &error {
-                // 42P01 undefined_table: nothing was ever migrated.
-                sqlx::Error::Database(db) if db.code().as_deref() == Some("42P01") => {
-                    Ok(Vec::new())
-                }
-                _ => Err(error),
-            })?;
-    Ok(MIGRATOR
-        .iter()
-        .map(|migration| migration.version)
-        .filter(|version| !applied.contains(version))
-        .collect())
 }
 
 /// Creates the database named in `url` when it is missing (a fresh machine).

@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use sqlx::{FromRow, PgPool};
+use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::campaigns::LAST_SEQ;
@@ -12,21 +12,23 @@ use crate::domain::{CampaignId, Holder, Timestamp, UserId, Window};
 /// How many campaigns one page of the campaign list holds.
 const CAMPAIGN_PAGE: i64 = 500;
 
-/// A campaign's counters as PostgreSQL holds them, read in one statement (one snapshot).
-#[derive(Debug, Clone, PartialEq, Eq, FromRow)]
-pub struct StoredCounts {
-    pub name: String,
-    pub total: i32,
-    /// `campaigns.redeemed`, the writer's counter.
-    pub redeemed: i32,
-    /// The rows of `redemptions`.
-    pub rows: i64,
-    /// The highest voucher number stored or refused.
-    pub last_seq: i64,
-    /// Voucher numbers already recorded as lost.
-    pub recorded_lost: i64,
-    pub starts_at: Option<time::OffsetDateTime>,
-    pub ends_at: Option<time::OffsetDateTime>,
+row! {
+    /// A campaign's counters as PostgreSQL holds them, read in one statement (one snapshot).
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct StoredCounts {
+        pub name: String,
+        pub total: i32,
+        /// `campaigns.redeemed`, the writer's counter.
+        pub redeemed: i32,
+        /// The rows of `redemptions`.
+        pub rows: i64,
+        /// The highest voucher number stored or refused.
+        pub last_seq: i64,
+        /// Voucher numbers already recorded as lost.
+        pub recorded_lost: i64,
+        pub starts_at: Option<time::OffsetDateTime>,
+        pub ends_at: Option<time::OffsetDateTime>,
+    }
 }
 
 impl StoredCounts {
