@@ -10,7 +10,7 @@ use std::{
 use redis::AsyncCommands;
 use serde_json::Value;
 
-use crate::helpers::{RedisServer, TestApp, free_port, private_redis_config};
+use crate::helpers::{RedisServer, TestApp, free_port, http, private_redis_config};
 
 /// A Prometheus server scraping `target` every second, evaluating the repository's rules every
 /// second; stopped on drop.
@@ -102,7 +102,7 @@ async fn a_real_prometheus_fires_the_outbox_lag_alert_when_the_writers_are_stopp
 
     let ops = app.ops_address.clone().unwrap();
     let prometheus = Prometheus::start(ops.trim_start_matches("http://"));
-    let client = reqwest::Client::new();
+    let client = http();
     let started = Instant::now();
     let mut seen_pending = false;
     loop {

@@ -11,7 +11,7 @@ use std::{
 use serde_json::Value;
 
 use crate::{
-    helpers::{Topology, database_url, free_port, wait_persisted},
+    helpers::{Topology, database_url, free_port, http, wait_persisted},
     process::{GatewayProcess, create_campaign, reconcile},
 };
 
@@ -48,7 +48,7 @@ impl HaProxy {
             .spawn()
             .expect("haproxy is installed (scripts/services)");
         let url = format!("http://127.0.0.1:{port}");
-        let client = reqwest::Client::new();
+        let client = http();
         for _ in 0..100 {
             if client.get(format!("{url}/health")).send().await.is_ok() {
                 break;

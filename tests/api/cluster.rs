@@ -20,7 +20,7 @@ use crate::{
     helpers::{
         Acked, Certificates, RedisCluster, RedisServer, TestApp,
         Topology::{self, Cluster, Single},
-        database_url, redis_cli, stored, test_config_on,
+        database_url, http, redis_cli, stored, test_config_on,
     },
     load::{History, Load},
     process::{GatewayProcess, Reconciled, create_campaign, reconcile},
@@ -322,7 +322,7 @@ async fn a_gateway_on_a_cluster_stops_gracefully_with_everything_it_acknowledged
     ];
     let mut gateway = GatewayProcess::start(&database_url(), &redis, &settings).await;
     let id = create_campaign(&gateway.url, 100).await;
-    let client = reqwest::Client::new();
+    let client = http();
     for n in 0..40 {
         let answer = client
             .post(format!("{}/campaigns/{id}/redeem", gateway.url))

@@ -13,7 +13,7 @@ use tokio::{
 use voucher_gateway::domain::CampaignId;
 
 use crate::{
-    helpers::{RedisServer, TestApp, database_url, metric, redis_url, test_config},
+    helpers::{RedisServer, TestApp, database_url, http, metric, redis_url, test_config},
     process::{GatewayProcess, signal},
 };
 
@@ -364,7 +364,7 @@ async fn during_a_flood_of_slow_bodies_normal_redeems_are_answered() {
         held
     });
     tokio::time::sleep_until(started + Duration::from_millis(4_800)).await;
-    let client = reqwest::Client::new();
+    let client = http();
     let normal = (0..4).map(|client_n| {
         let (client, url) = (&client, &gateway.url);
         async move {
@@ -438,7 +438,7 @@ async fn the_operators_endpoints_can_have_an_address_of_their_own() {
 
 /// The median of `samples` sequential redeems on `gateway`.
 async fn redeem_p50(gateway: &str, id: CampaignId, round: &str, samples: usize) -> Duration {
-    let client = reqwest::Client::new();
+    let client = http();
     let mut latencies = Vec::with_capacity(samples);
     for n in 0..samples {
         let started = Instant::now();

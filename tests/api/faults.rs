@@ -17,7 +17,7 @@ use sqlx::PgPool;
 use voucher_gateway::{domain::CampaignId, redis::keys::Shards};
 
 use crate::{
-    helpers::{PgServer, RedisServer, TestApp, database_url, private_redis_config, stored},
+    helpers::{PgServer, RedisServer, TestApp, database_url, http, private_redis_config, stored},
     load::{Audit, Load},
     process::{GatewayProcess, create_campaign, private_database, reconcile},
 };
@@ -533,7 +533,9 @@ async fn poison_entries_go_to_the_dead_letter_streams_and_the_rest_drains() {
     assert_eq!(stored(&db, id).await.len(), audit.acked.len());
     assert_durable_in_time("poison entries", durable);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let ready = reqwest::get(format!("{}/ready", gateway.url))
+    let ready = http()
+        .get(format!("{}/ready", gateway.url))
+        .send()
         .await
         .unwrap();
     assert_eq!(

@@ -157,7 +157,7 @@ impl TestApp {
         Self {
             address,
             ops_address,
-            client: reqwest::Client::new(),
+            client: http(),
             db,
             redis,
             servers: Vec::new(),
@@ -382,6 +382,15 @@ pub async fn command_calls(con: &mut impl redis::aio::ConnectionLike, command: &
 }
 
 /// A port nobody listens on right now.
+/// An HTTP client whose every request fails after a minute: a test that would wait forever for
+/// an answer fails instead, and says where.
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()

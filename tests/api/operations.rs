@@ -15,7 +15,7 @@ use voucher_gateway::{health::Probe, redis::keys::Shards, supervise::Liveness};
 
 use crate::{
     helpers::{
-        RedisServer, TestApp, command_calls, database_url, free_port, lock_campaigns, metric,
+        RedisServer, TestApp, command_calls, database_url, free_port, http, lock_campaigns, metric,
         private_redis_config, redis_url, reset_command_stats, test_config,
     },
     load::Load,
@@ -169,7 +169,7 @@ async fn metrics_count_what_happened() {
     // test's entries reach its writers): every figure is exact.
     let redis = RedisServer::start();
     let gateway = GatewayProcess::start(&database_url(), &redis.url(), &[]).await;
-    let client = reqwest::Client::new();
+    let client = http();
     let campaign_id = create_campaign(&gateway.url, 3).await;
     let id = campaign_id.to_string();
     let redeem = |user: &str, key: &str| {
@@ -496,7 +496,7 @@ async fn every_log_line_of_a_request_names_its_request_id() {
     let id = create_campaign(&gateway.url, 5).await;
     redis.kill();
     // The failing request logs a warning from inside its handler.
-    let answer = reqwest::Client::new()
+    let answer = http()
         .get(format!("{}/campaigns/{id}", gateway.url))
         .header("x-request-id", "log-me-7")
         .send()
@@ -532,7 +532,7 @@ async fn no_token_or_password_reaches_a_log_line() {
         ("RUST_LOG", "debug,voucher_gateway=trace"),
     ];
     let mut gateway = GatewayProcess::start_logged(&database, &redis.url(), &settings).await;
-    let client = reqwest::Client::new();
+    let client = http();
     let created = client
         .post(format!("{}/campaigns", gateway.url))
         .bearer_auth(secrets[0])

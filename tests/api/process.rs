@@ -16,7 +16,7 @@ use tokio::{
 
 use voucher_gateway::domain::CampaignId;
 
-use crate::helpers::{database_url, free_port};
+use crate::helpers::{database_url, free_port, http};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_voucher-gateway");
 
@@ -95,7 +95,7 @@ impl GatewayProcess {
             })
         });
         self.child = Some(child);
-        let probe = reqwest::Client::new();
+        let probe = http();
         let deadline = Instant::now() + Duration::from_secs(30);
         let url = format!("{}/health", self.url);
         while probe.get(&url).send().await.is_err() {
@@ -147,7 +147,9 @@ impl GatewayProcess {
 
     /// One series of its `/metrics`, summed over `labels`.
     pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        let text = reqwest::get(format!("{}/metrics", self.url))
+        let text = http()
+            .get(format!("{}/metrics", self.url))
+            .send()
             .await
             .unwrap()
             .text()
@@ -159,7 +161,7 @@ impl GatewayProcess {
 
 /// Creates a campaign of `total` vouchers through the gateway at `gateway` (a base URL).
 pub async fn create_campaign(gateway: &str, total: i64) -> CampaignId {
-    let response = reqwest::Client::new()
+    let response = http()
         .post(format!("{gateway}/campaigns"))
         .json(&serde_json::json!({"name": "test campaign", "total": total}))
         .send()
