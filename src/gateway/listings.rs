@@ -2,6 +2,8 @@
 //! redemptions, and one user's redemption. Lists come from PostgreSQL; a lookup agrees with the
 //! redeem decision, so it starts from Redis.
 
+use std::collections::HashMap;
+
 use futures_util::future::join_all;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -76,10 +78,17 @@ impl Gateway {
         Ok((items, next))
     }
 
-    /// When a sold-out campaign's last voucher was granted, as PostgreSQL stored it.
-    pub async fn sold_out_at(&self, id: CampaignId) -> Result<Option<Timestamp>, GatewayError> {
-        let last = store::listings::last_redeemed_at(&self.db, id).await?;
-        Ok(last.map(Timestamp::from))
+    /// When each of the sold-out `campaigns`' last voucher was granted, as PostgreSQL stored
+    /// it; one whose last voucher is not stored yet is left out.
+    pub async fn sold_out_at(
+        &self,
+        campaigns: &[CampaignId],
+    ) -> Result<HashMap<CampaignId, Timestamp>, GatewayError> {
+        let last = store::listings::last_redeemed_at(&self.db, campaigns).await?;
+        Ok(last
+            .into_iter()
+            .map(|(id, at)| (CampaignId::from(id), Timestamp::from(at)))
+            .collect())
     }
 
     /// Up to `limit` of a campaign's stored redemptions numbered above `after`, and the number

@@ -20,10 +20,7 @@ row! {
 
 impl CampaignRow {
     pub fn window(&self) -> Window {
-        Window {
-            starts_at: self.starts_at.map(Timestamp::from),
-            ends_at: self.ends_at.map(Timestamp::from),
-        }
+        super::window(self.starts_at, self.ends_at)
     }
 }
 

@@ -87,15 +87,22 @@ pub async fn redemption_of(
     .await
 }
 
-/// When the campaign's highest-numbered stored voucher was granted: a sold-out campaign's last.
+/// When each of `campaigns`' last stored voucher was granted; a campaign without one is left
+/// out. One round trip, one index lookup per campaign.
 pub async fn last_redeemed_at(
     pool: &PgPool,
-    campaign: CampaignId,
-) -> Result<Option<OffsetDateTime>, sqlx::Error> {
-    sqlx::query_scalar(
-        "select redeemed_at from redemptions where campaign_id = $1 order by seq desc limit 1",
+    campaigns: &[CampaignId],
+) -> Result<Vec<(Uuid, OffsetDateTime)>, sqlx::Error> {
+    let ids: Vec<Uuid> = campaigns.iter().map(CampaignId::as_uuid).collect();
+    sqlx::query_as(
+        "select campaign.id, last.redeemed_at
+         from unnest($1::uuid[]) as campaign (id)
+         cross join lateral (
+             select redeemed_at from redemptions
+             where campaign_id = campaign.id order by seq desc limit 1
+         ) as last",
     )
-    .bind(campaign.as_uuid())
-    .fetch_optional(pool)
+    .bind(ids)
+    .fetch_all(pool)
     .await
 }

@@ -44,7 +44,9 @@ pub use campaigns::{
 pub use migrations::{migrate, pending_migrations};
 pub use redemptions::{BatchSummary, fates, store_batch};
 
-use crate::domain::Holder;
+use time::OffsetDateTime;
+
+use crate::domain::{Holder, Timestamp, Window};
 
 /// Whether PostgreSQL refused for good what it was given, rather than failing for now: an error
 /// that only the entries' own values can cause. Such an error follows the entries, so retrying
@@ -64,6 +66,14 @@ pub fn refuses_for_good(error: &sqlx::Error) -> bool {
         // check_violation, of the voucher number's own check only.
         Some("23514") => db.constraint() == Some("redemptions_seq_positive"),
         _ => false,
+    }
+}
+
+/// A sale window as stored (the table's check keeps the end after the start).
+fn window(starts_at: Option<OffsetDateTime>, ends_at: Option<OffsetDateTime>) -> Window {
+    Window {
+        starts_at: starts_at.map(Timestamp::from),
+        ends_at: ends_at.map(Timestamp::from),
     }
 }
 

@@ -7,7 +7,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::campaigns::LAST_SEQ;
-use crate::domain::{CampaignId, Holder, Timestamp, UserId, Window};
+use crate::domain::{CampaignId, Holder, UserId, Window};
 
 /// How many campaigns one page of the campaign list holds.
 const CAMPAIGN_PAGE: i64 = 500;
@@ -33,10 +33,7 @@ row! {
 
 impl StoredCounts {
     pub fn window(&self) -> Window {
-        Window {
-            starts_at: self.starts_at.map(Timestamp::from),
-            ends_at: self.ends_at.map(Timestamp::from),
-        }
+        super::window(self.starts_at, self.ends_at)
     }
 }
 

@@ -10,7 +10,7 @@ use std::{
 use redis::AsyncCommands;
 use serde_json::Value;
 
-use crate::helpers::{RedisServer, TestApp, free_port, http, private_redis_config};
+use crate::helpers::{RedisServer, TestApp, free_port, http, private_redis_config, scrape};
 
 /// A Prometheus server scraping `target` every second, evaluating the repository's rules every
 /// second; stopped on drop.
@@ -181,15 +181,7 @@ async fn every_metric_the_grafana_dashboard_queries_is_exported() {
     }
     let unknown = voucher_gateway::domain::CampaignId::new_random();
     assert_eq!(app.redeem(unknown, "u", "k").await.status, 404);
-    let exported = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let exported = scrape(&app.address).await;
     for name in &names {
         assert!(
             exported.lines().any(|line| line.starts_with(name.as_str())),

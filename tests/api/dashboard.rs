@@ -86,29 +86,20 @@ async fn with_an_admin_token_it_needs_it_as_a_bearer_token_or_a_password() {
                 .starts_with("Basic realm="),
             "a browser is asked for the token"
         );
-        let bearer = app.client.get(app.url(path)).bearer_auth("admin-secret");
-        assert_eq!(
-            bearer.send().await.unwrap().status(),
-            StatusCode::OK,
-            "{path}"
-        );
-        let password = app
-            .client
-            .get(app.url(path))
-            .basic_auth("anyone", Some("admin-secret"));
-        assert_eq!(
-            password.send().await.unwrap().status(),
-            StatusCode::OK,
-            "{path}"
-        );
-        let wrong = app
-            .client
-            .get(app.url(path))
-            .basic_auth("admin-secret", Some("guess"));
-        assert_eq!(
-            wrong.send().await.unwrap().status(),
-            StatusCode::UNAUTHORIZED
-        );
+        let get = || app.client.get(app.url(path));
+        for (request, expected) in [
+            (get().bearer_auth("admin-secret"), StatusCode::OK),
+            (
+                get().basic_auth("anyone", Some("admin-secret")),
+                StatusCode::OK,
+            ),
+            (
+                get().basic_auth("admin-secret", Some("guess")),
+                StatusCode::UNAUTHORIZED,
+            ),
+        ] {
+            assert_eq!(request.send().await.unwrap().status(), expected, "{path}");
+        }
     }
 }
 

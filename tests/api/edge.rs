@@ -13,7 +13,7 @@ use tokio::{
 use voucher_gateway::domain::CampaignId;
 
 use crate::{
-    helpers::{RedisServer, TestApp, database_url, http, metric, redis_url, test_config},
+    helpers::{RedisServer, TestApp, database_url, http, metric, redis_url, scrape, test_config},
     process::{GatewayProcess, signal},
 };
 
@@ -192,8 +192,7 @@ async fn a_head_over_the_limit_is_431_and_counted() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
-    let metrics = app.client.get(app.url("/metrics")).send().await.unwrap();
-    let text = metrics.text().await.unwrap();
+    let text = scrape(&app.address).await;
     let refused = [("route", "unparsed"), ("status", "431")];
     assert!(metric(&text, "vg_http_requests_total", &refused) >= 1.0);
 }
@@ -235,8 +234,7 @@ async fn below_the_connection_cap_new_clients_are_served_and_past_it_closed_at_o
     }
     let health = app.client.get(app.url("/health")).send().await.unwrap();
     assert_eq!(health.status(), StatusCode::OK);
-    let text = app.client.get(app.url("/metrics")).send().await.unwrap();
-    let text = text.text().await.unwrap();
+    let text = scrape(&app.address).await;
     assert!(metric(&text, "vg_http_connections_refused_total", &[]) >= 1.0);
 }
 

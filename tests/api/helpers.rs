@@ -391,6 +391,12 @@ pub fn http() -> reqwest::Client {
         .unwrap()
 }
 
+/// The `/metrics` text of the gateway at `base` (its base URL).
+pub async fn scrape(base: &str) -> String {
+    let response = http().get(format!("{base}/metrics")).send().await.unwrap();
+    response.text().await.unwrap()
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()

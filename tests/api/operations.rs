@@ -16,7 +16,7 @@ use voucher_gateway::{health::Probe, redis::keys::Shards, supervise::Liveness};
 use crate::{
     helpers::{
         RedisServer, TestApp, command_calls, database_url, free_port, http, lock_campaigns, metric,
-        private_redis_config, redis_url, reset_command_stats, test_config,
+        private_redis_config, redis_url, reset_command_stats, scrape, test_config,
     },
     load::Load,
     process::{GatewayProcess, create_campaign, private_database, signal},
@@ -198,19 +198,9 @@ async fn metrics_count_what_happened() {
         .unwrap();
     assert_eq!(summary.status(), StatusCode::OK); // hydrated again
 
-    let scrape = || async {
-        client
-            .get(format!("{}/metrics", gateway.url))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    };
     let deadline = Instant::now() + Duration::from_secs(10);
     let text = loop {
-        let text = scrape().await;
+        let text = scrape(&gateway.url).await;
         // Rows are counted at the commit, the outbox emptied at the acknowledgement just after.
         let shard = Shards::new(16).of(campaign_id).to_string();
         let drained = metric(&text, "vg_outbox_length", &[("shard", shard.as_str())]) == 0.0;

@@ -16,7 +16,7 @@ use tokio::{
 
 use voucher_gateway::domain::CampaignId;
 
-use crate::helpers::{database_url, free_port, http};
+use crate::helpers::{database_url, free_port, http, scrape};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_voucher-gateway");
 
@@ -147,15 +147,7 @@ impl GatewayProcess {
 
     /// One series of its `/metrics`, summed over `labels`.
     pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        let text = http()
-            .get(format!("{}/metrics", self.url))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        crate::helpers::metric(&text, name, labels)
+        crate::helpers::metric(&scrape(&self.url).await, name, labels)
     }
 }
 

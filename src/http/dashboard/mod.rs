@@ -79,21 +79,23 @@ async fn collect(dashboard: &Dashboard) -> Result<Bytes, String> {
         .campaigns(None, LIVE_CAMPAIGNS)
         .await
         .map_err(|error| error.to_string())?;
-    let mut campaigns = Vec::with_capacity(summaries.len());
-    for summary in summaries {
-        let sold_out_at = match summary.remaining {
-            0 => dashboard
-                .gateway
-                .sold_out_at(summary.id)
-                .await
-                .map_err(|error| error.to_string())?,
-            _ => None,
-        };
-        campaigns.push(Campaign {
+    let sold_out: Vec<_> = summaries
+        .iter()
+        .filter(|summary| summary.remaining == 0)
+        .map(|summary| summary.id)
+        .collect();
+    let sold_out_at = dashboard
+        .gateway
+        .sold_out_at(&sold_out)
+        .await
+        .map_err(|error| error.to_string())?;
+    let campaigns: Vec<_> = summaries
+        .into_iter()
+        .map(|summary| Campaign {
+            sold_out_at: sold_out_at.get(&summary.id).copied(),
             summary,
-            sold_out_at,
-        });
-    }
+        })
+        .collect();
     let stats = dashboard.probe.outbox_stats().await?;
     let shards: Vec<_> = stats
         .iter()
