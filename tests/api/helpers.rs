@@ -171,9 +171,13 @@ impl TestApp {
     pub async fn spawn_acked(topology: Topology, ack: Acked) -> Self {
         let mut config = test_config_on(topology);
         config.ack.mode = ack;
-        // Tests run side by side on two cores: durability may take a while, and a 503 would
-        // turn these tests' exact counts into retries.
-        config.ack.timeout = Duration::from_secs(4);
+        // A 503 would turn these tests' exact counts into retries, so durability gets longer
+        // than it can take here: every test app on a shared server writes for the same outbox,
+        // and one that ends while holding a batch leaves it to be claimed by another after
+        // `VG_CLAIM_IDLE_TIMEOUT` (5 s, then checked every 1.25 s).
+        config.ack.timeout = Duration::from_secs(10);
+        config.request_timeout = Duration::from_secs(15);
+        config.shutdown_timeout = Duration::from_secs(20);
         let mut servers = Vec::new();
         if topology == Topology::Single && ack == Acked::Replica {
             let primary = RedisServer::start();
