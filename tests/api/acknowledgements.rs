@@ -16,23 +16,13 @@ use crate::{
         CLIENTS, connect, sell_out_then_roll_back, stall_writers, wait_drained, wait_sold_out,
     },
     helpers::{
-        Acked, PgServer, RedisServer, TestApp,
+        Acked, PgServer, RedisCluster, RedisServer, TestApp,
         Topology::{self, Cluster, Single},
         private_redis_config, redis_cli, stored, test_config_on,
     },
     load::Load,
     process::private_database,
 };
-
-/// An app on `topology` acknowledging as `ack`, with a short acknowledgement timeout; `writer`
-/// off leaves every redemption in the outbox.
-async fn spawn(topology: Topology, ack: Acked, writer: bool) -> TestApp {
-    let mut config = test_config_on(topology);
-    config.ack.mode = ack;
-    config.ack.timeout = Duration::from_millis(300);
-    config.writer.no_writer = !writer;
-    TestApp::spawn_with(config).await
-}
 
 /// Asserts a 503 `not_durable` problem with Retry-After.
 async fn assert_not_durable(response: reqwest::Response) {
@@ -74,23 +64,46 @@ async fn in_postgres_mode_every_redeemed_answer_finds_its_row_stored(
     assert_eq!(app.redeem(id, "late", "k").await.outcome(), "SOLD_OUT");
 }
 
+/// A Redis of `topology` of the test's own: no other test's writers read its outbox.
+enum PrivateRedis {
+    Server(RedisServer),
+    Cluster(RedisCluster),
+}
+
+impl PrivateRedis {
+    fn start(topology: Topology) -> Self {
+        match topology {
+            Single => Self::Server(RedisServer::start()),
+            Cluster => Self::Cluster(RedisCluster::start()),
+        }
+    }
+
+    /// Settings for a `--ack postgres` gateway on it, with or without writers.
+    fn config(&self, writer: bool, ack_timeout: Duration) -> voucher_gateway::config::ServeConfig {
+        let mut config = match self {
+            Self::Server(redis) => private_redis_config(redis, writer),
+            Self::Cluster(cluster) => cluster.config(writer),
+        };
+        config.ack.mode = Acked::Postgres;
+        config.ack.timeout = ack_timeout;
+        config
+    }
+}
+
 #[rstest]
 #[tokio::test]
 async fn in_postgres_mode_a_grant_nobody_stores_is_not_durable_until_another_gateway_stores_it(
     #[values(Single, Cluster)] topology: Topology,
 ) {
-    let waiting = spawn(topology, Acked::Postgres, false).await;
+    let redis = PrivateRedis::start(topology);
+    let waiting = TestApp::spawn_with(redis.config(false, Duration::from_millis(300))).await;
     let id = waiting.create_campaign(10).await;
     assert_not_durable(waiting.post_redeem(id, "alice", "k1").await).await;
     assert!(stored(&waiting.db, id).await.is_empty());
 
     // Another gateway's writer stores it, and its message answers a redeem waiting on the first
     // gateway; the retry finds the row.
-    let mut config = test_config_on(topology);
-    config.ack.mode = Acked::Postgres;
-    config.ack.timeout = Duration::from_secs(3);
-    let waiting_long = TestApp::spawn_with(config.clone()).await;
-    config.writer.no_writer = false;
+    let waiting_long = TestApp::spawn_with(redis.config(false, Duration::from_secs(3))).await;
     let bob = tokio::spawn({
         let client = waiting_long.client.clone();
         let url = waiting_long.url(&format!("/campaigns/{id}/redeem"));
@@ -104,7 +117,7 @@ async fn in_postgres_mode_a_grant_nobody_stores_is_not_durable_until_another_gat
         }
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let _storing = TestApp::spawn_with(config).await;
+    let _storing = TestApp::spawn_with(redis.config(true, Duration::from_secs(3))).await;
     let bob = bob.await.unwrap();
     assert_eq!(bob.status(), StatusCode::OK);
     assert_eq!(bob.text().await.unwrap(), r#"{"status":"REDEEMED"}"#);
